@@ -1,0 +1,963 @@
+"""Users API: a Flask + MongoDB (pymongo) service for creating, reading, searching,
+editing and deleting users.
+
+The module reads top to bottom: configuration, models and validation, data access,
+routes and the app factory. Production runs ``gunicorn 'usersapi:create_app()'``;
+``python usersapi.py`` starts a development server on port 8000.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http import HTTPStatus
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from bson import ObjectId
+from flask import Blueprint, Flask, Response, current_app, request
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema, models_json_schema
+from pymongo import ASCENDING, MongoClient, UpdateOne
+from pymongo.collection import Collection
+from pymongo.errors import (
+    BulkWriteError,
+    ConnectionFailure,
+    DuplicateKeyError,
+    OperationFailure,
+    PyMongoError,
+)
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.routing import BaseConverter
+
+log = logging.getLogger("usersapi")
+
+# --------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------
+
+IN_MEMORY_URI = "mongomock://"
+MONGO_SETTINGS = (
+    "MONGO_URI",
+    "MONGO_HOST",
+    "MONGO_PORT",
+    "MONGO_USER",
+    "MONGO_PASSWORD",
+    "MONGO_AUTH_SOURCE",
+)
+
+
+class ConfigError(RuntimeError):
+    """The environment does not describe a usable configuration."""
+
+
+def read_setting(env: Mapping[str, str], name: str) -> str | None:
+    """Value of NAME, or the content of the file named by NAME_FILE (Docker secrets)."""
+    value, path = env.get(name), env.get(f"{name}_FILE")
+    if value is not None and path is not None:
+        raise ConfigError(f"set {name} or {name}_FILE, not both")
+    if path is None:
+        return value
+    try:
+        return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
+
+
+def read_int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def has_mongo_settings(env: Mapping[str, str]) -> bool:
+    return any(name in env or f"{name}_FILE" in env for name in MONGO_SETTINGS)
+
+
+def redact_uri(uri: str) -> str:
+    """The URI with any password replaced, safe to log."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service reads from its environment."""
+
+    mongo_uri: str = field(repr=False)
+    mongo_username: str | None = None
+    mongo_password: str | None = field(default=None, repr=False)
+    mongo_auth_source: str = "admin"
+    mongo_db: str = "usersdb"
+    mongo_timeout_ms: int = 5000
+    mongo_pool_size: int = 10
+    max_batch: int = 1000
+    max_content_length: int = 1024 * 1024
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
+        env = os.environ if env is None else env
+        if not has_mongo_settings(env):
+            raise ConfigError(
+                "no MongoDB configuration: set MONGO_URI (or MONGO_URI_FILE), or MONGO_HOST "
+                "with MONGO_USER and MONGO_PASSWORD (or MONGO_PASSWORD_FILE); "
+                f"MONGO_URI={IN_MEMORY_URI} selects an in-memory store"
+            )
+        uri = read_setting(env, "MONGO_URI")
+        if uri is None:
+            host = env.get("MONGO_HOST", "localhost")
+            port = read_int(env, "MONGO_PORT", 27017)
+            uri = f"mongodb://{host}:{port}/"
+        if not uri.startswith(("mongodb://", "mongodb+srv://", IN_MEMORY_URI)):
+            raise ConfigError(
+                "MONGO_URI must start with mongodb://, mongodb+srv:// or mongomock://"
+            )
+        return cls(
+            mongo_uri=uri,
+            mongo_username=read_setting(env, "MONGO_USER") or None,
+            mongo_password=read_setting(env, "MONGO_PASSWORD") or None,
+            mongo_auth_source=env.get("MONGO_AUTH_SOURCE", "admin"),
+            mongo_db=env.get("MONGO_DB", "usersdb"),
+            mongo_timeout_ms=read_int(env, "MONGO_TIMEOUT_MS", 5000),
+            mongo_pool_size=read_int(env, "MONGO_POOL_SIZE", 10),
+            max_batch=read_int(env, "MAX_BATCH", 1000),
+            max_content_length=read_int(env, "MAX_CONTENT_LENGTH", 1024 * 1024),
+            log_level=env.get("LOG_LEVEL", "INFO").upper(),
+        )
+
+    @property
+    def in_memory(self) -> bool:
+        return self.mongo_uri.startswith(IN_MEMORY_URI)
+
+    def describe(self) -> str:
+        """A one-line summary for the logs, without secrets."""
+        store = "in-memory store (mongomock)" if self.in_memory else redact_uri(self.mongo_uri)
+        user = f" as {self.mongo_username}" if self.mongo_username else ""
+        return f"MongoDB {store}{user}, database {self.mongo_db}"
+
+
+# --------------------------------------------------------------------------------------
+# Models and validation
+# --------------------------------------------------------------------------------------
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+Username = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{3,30}$")]
+ObjectIdStr = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{24}$")]
+
+
+class UserIn(BaseModel):
+    """A new user."""
+
+    model_config = ConfigDict(extra="forbid", title="UserIn")
+
+    name: Name
+    email: EmailStr
+    username: Username
+
+    @field_validator("email")
+    @classmethod
+    def lower_email(cls, email: str) -> str:
+        return email.lower()
+
+
+class UserChanges(BaseModel):
+    """The fields of an existing user to change; at least one."""
+
+    model_config = ConfigDict(
+        extra="forbid", title="UserChanges", json_schema_extra={"minProperties": 1}
+    )
+
+    # None stands for "not sent": explicit nulls are rejected and left out of the schema.
+    name: Name | SkipJsonSchema[None] = None
+    email: EmailStr | SkipJsonSchema[None] = None
+    username: Username | SkipJsonSchema[None] = None
+
+    @field_validator("name", "email", "username", mode="before")
+    @classmethod
+    def reject_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("may not be null")
+        return value
+
+    @field_validator("email")
+    @classmethod
+    def lower_email(cls, email: str | None) -> str | None:
+        return None if email is None else email.lower()
+
+    @model_validator(mode="after")
+    def require_a_change(self) -> Self:
+        if not self.model_fields_set - {"id"}:
+            raise ValueError("give at least one of name, email, username")
+        return self
+
+    def changes(self) -> dict[str, str]:
+        return self.model_dump(include={"name", "email", "username"}, exclude_unset=True)
+
+
+class UserEdit(UserChanges):
+    """One item of a batch edit: the user's id and the fields to change."""
+
+    model_config = ConfigDict(title="UserEdit", json_schema_extra={"minProperties": 2})
+
+    # Any string is accepted here: an id that is not an ObjectId is reported as not found.
+    id: str
+
+
+class User(BaseModel):
+    """A user as the API returns it."""
+
+    id: ObjectIdStr
+    name: str
+    email: str
+    username: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class UserPage(BaseModel):
+    """One page of users."""
+
+    items: list[User]
+    total: int
+    limit: int
+    offset: int
+
+
+class PageQuery(BaseModel):
+    """Pagination parameters of the listing and search endpoints."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    limit: int = Field(default=50, ge=1, le=500)
+    offset: int = Field(default=0, ge=0, le=2**31 - 1)
+
+
+class SearchQuery(PageQuery):
+    # Some non-blank text; NUL cannot travel in a BSON regular expression.
+    q: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00]*[^\x00\s][^\x00]*$")
+
+
+class ProblemItem(BaseModel):
+    index: int | None
+    field: str | None
+    message: str
+
+
+class Problem(BaseModel):
+    """An error, as application/problem+json (RFC 9457)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[ProblemItem]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+QueryT = TypeVar("QueryT", bound=PageQuery)
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+class ApiError(Exception):
+    """An error answered to the client as a problem document."""
+
+    def __init__(self, status: int, detail: str, errors: Iterable[ProblemItem] = ()) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.errors = list(errors)
+
+
+def problem_items(exc: ValidationError, index: int | None) -> list[ProblemItem]:
+    """pydantic's errors as problem items, one per invalid field.
+
+    The models are flat, so the first part of an error's location names the field. An
+    optional field is a union with None; its "should be None" error says nothing useful.
+    """
+    items = []
+    for error in exc.errors(include_url=False, include_input=False):
+        if error["type"] == "none_required":
+            continue
+        field = str(error["loc"][0]) if error["loc"] else None
+        items.append(ProblemItem(index=index, field=field, message=error["msg"]))
+    return items
+
+
+def parse_query(model: type[QueryT]) -> QueryT:
+    try:
+        return model.model_validate(request.args.to_dict())
+    except ValidationError as exc:
+        raise ApiError(
+            HTTPStatus.BAD_REQUEST, "invalid query parameters", problem_items(exc, None)
+        ) from None
+
+
+def read_json_body() -> object:
+    """The request body as JSON: 415 unless it is declared JSON, 400 unless it parses."""
+    if not request.is_json:
+        raise ApiError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send the body as application/json")
+    try:
+        return json.loads(request.get_data(cache=False))
+    except (ValueError, RecursionError):
+        raise ApiError(HTTPStatus.BAD_REQUEST, "the body is not valid JSON") from None
+
+
+def read_batch(max_batch: int) -> tuple[list[object], bool]:
+    """The body as a list of items, and whether it came as a single object."""
+    body = read_json_body()
+    if isinstance(body, dict):
+        return [body], True
+    if isinstance(body, list) and body:
+        if len(body) > max_batch:
+            raise ApiError(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"a batch holds at most {max_batch} users, got {len(body)}",
+            )
+        return body, False
+    raise ApiError(HTTPStatus.BAD_REQUEST, "send one user object or a non-empty array of them")
+
+
+def validate_items(
+    model: type[ModelT], items: list[object]
+) -> tuple[dict[int, ModelT], list[ProblemItem]]:
+    """The valid items by their index in the batch, and every field error of the others."""
+    valid, errors = {}, []
+    for index, item in enumerate(items):
+        try:
+            valid[index] = model.model_validate(item)
+        except ValidationError as exc:
+            errors.extend(problem_items(exc, index))
+    return valid, errors
+
+
+def repeated(values: Mapping[int, str], field: str) -> list[ProblemItem]:
+    """An error for each item that repeats the value of an earlier item of the batch."""
+    first_seen: dict[str, int] = {}
+    errors = []
+    for index, value in values.items():
+        if value in first_seen:
+            message = f"{field} {value} is repeated in the batch (item {first_seen[value]})"
+            errors.append(ProblemItem(index=index, field=field, message=message))
+        else:
+            first_seen[value] = index
+    return errors
+
+
+def reject_batch(
+    invalid: list[ProblemItem], missing: list[ProblemItem], conflicts: list[ProblemItem]
+) -> None:
+    """Refuse a batch with any error, listing them all. The status is that of the gravest
+    kind: invalid fields (422), then unknown users (404), then emails in use (409)."""
+    errors = sorted(invalid + missing + conflicts, key=lambda error: error.index or 0)
+    if invalid:
+        raise ApiError(HTTPStatus.UNPROCESSABLE_ENTITY, "some users are invalid", errors)
+    if missing:
+        raise ApiError(HTTPStatus.NOT_FOUND, "some users do not exist", errors)
+    if conflicts:
+        raise ApiError(HTTPStatus.CONFLICT, "some emails are already in use", errors)
+
+
+# --------------------------------------------------------------------------------------
+# Data access
+# --------------------------------------------------------------------------------------
+
+Document = dict[str, Any]
+
+
+def now() -> datetime:
+    """The current time at MongoDB's precision (milliseconds), in UTC."""
+    moment = datetime.now(UTC)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def to_object_id(user_id: str) -> ObjectId | None:
+    return ObjectId(user_id) if ObjectId.is_valid(user_id) and len(user_id) == 24 else None
+
+
+def to_user(doc: Document) -> User:
+    created, updated = doc["created_at"], doc["updated_at"]
+    return User(
+        id=str(doc["_id"]),
+        name=doc["name"],
+        email=doc["email"],
+        username=doc["username"],
+        created_at=created if created.tzinfo else created.replace(tzinfo=UTC),
+        updated_at=updated if updated.tzinfo else updated.replace(tzinfo=UTC),
+    )
+
+
+def contains_text(text: str) -> Document:
+    """A filter for users whose name, email or username contains TEXT, case-insensitive.
+
+    The text is escaped, so it is matched literally and never read as a pattern.
+    """
+    pattern = {"$regex": re.escape(text), "$options": "i"}
+    return {"$or": [{"name": pattern}, {"email": pattern}, {"username": pattern}]}
+
+
+def is_duplicate_key(exc: PyMongoError) -> bool:
+    if isinstance(exc, DuplicateKeyError):
+        return True
+    if isinstance(exc, BulkWriteError):
+        return any(error.get("code") == 11000 for error in exc.details.get("writeErrors", []))
+    return False
+
+
+def make_client(settings: Settings) -> MongoClient[Document]:
+    if settings.in_memory:
+        import mongomock  # noqa: PLC0415 - development and test dependency only
+
+        client: MongoClient[Document] = mongomock.MongoClient(tz_aware=True)
+        return client
+    return MongoClient(
+        settings.mongo_uri,
+        username=settings.mongo_username,
+        password=settings.mongo_password,
+        authSource=settings.mongo_auth_source,
+        tz_aware=True,
+        appname="usersapi",
+        serverSelectionTimeoutMS=settings.mongo_timeout_ms,
+        connectTimeoutMS=settings.mongo_timeout_ms,
+        # Bounded pool per worker; idle connections are closed well before swarm's
+        # overlay networking silently drops them (after about 15 minutes).
+        maxPoolSize=settings.mongo_pool_size,
+        maxIdleTimeMS=5 * 60 * 1000,
+    )
+
+
+class UserStore:
+    """The users collection. The client is created on first use, so each gunicorn worker
+    opens its own after the fork, and the unique email index is ensured on the first call
+    that reaches MongoDB (the API may start before the database does)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._client: MongoClient[Document] | None = None
+        self._index_ready = False
+        self._lock = threading.Lock()
+
+    def client(self) -> MongoClient[Document]:
+        with self._lock:
+            if self._client is None:
+                self._client = make_client(self.settings)
+            return self._client
+
+    def users(self) -> Collection[Document]:
+        collection = self.client()[self.settings.mongo_db]["users"]
+        if not self._index_ready:
+            collection.create_index([("email", ASCENDING)], unique=True, name="email_unique")
+            self._index_ready = True
+        return collection
+
+    def ping(self) -> None:
+        self.client().admin.command("ping")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    # -- reads -------------------------------------------------------------------------
+    def get(self, user_id: str) -> Document | None:
+        oid = to_object_id(user_id)
+        return None if oid is None else self.users().find_one({"_id": oid})
+
+    def page(self, query: Document, limit: int, offset: int) -> tuple[list[Document], int]:
+        users = self.users()
+        total = users.count_documents(query)
+        docs = list(users.find(query).sort("_id", ASCENDING).skip(offset).limit(limit))
+        return docs, total
+
+    def owners_of(self, emails: Iterable[str]) -> dict[str, ObjectId]:
+        """Who holds each of these emails, in one query."""
+        wanted = list(set(emails))
+        if not wanted:
+            return {}
+        found = self.users().find({"email": {"$in": wanted}}, {"email": 1}, batch_size=len(wanted))
+        return {doc["email"]: doc["_id"] for doc in found}
+
+    def find_many(self, ids: Iterable[ObjectId]) -> dict[ObjectId, Document]:
+        wanted = list(set(ids))
+        if not wanted:
+            return {}
+        found = self.users().find({"_id": {"$in": wanted}}, batch_size=len(wanted))
+        return {doc["_id"]: doc for doc in found}
+
+    # -- writes ------------------------------------------------------------------------
+    def insert_all(self, docs: list[Document]) -> None:
+        """Insert every document or none: if the unique index rejects one (a concurrent
+        request took the email), the ones already written are removed again."""
+        users = self.users()
+        try:
+            users.insert_many(docs, ordered=True)
+        except BulkWriteError as exc:
+            users.delete_many({"_id": {"$in": [doc["_id"] for doc in docs]}})
+            if is_duplicate_key(exc):
+                raise ApiError(HTTPStatus.CONFLICT, "an email was taken meanwhile") from None
+            raise
+
+    def update_all(self, before: list[Document], after: list[Document]) -> None:
+        """Apply every edit or none: if the unique index rejects one, the edits already
+        applied are reverted to BEFORE."""
+        users = self.users()
+        try:
+            users.bulk_write([self._set_fields(doc) for doc in after], ordered=True)
+        except BulkWriteError as exc:
+            applied = exc.details["writeErrors"][0]["index"] if exc.details["writeErrors"] else 0
+            if applied:
+                users.bulk_write([self._set_fields(doc) for doc in before[:applied]])
+            if is_duplicate_key(exc):
+                raise ApiError(HTTPStatus.CONFLICT, "an email was taken meanwhile") from None
+            raise
+
+    @staticmethod
+    def _set_fields(doc: Document) -> UpdateOne:
+        fields = {key: doc[key] for key in ("name", "email", "username", "updated_at")}
+        return UpdateOne({"_id": doc["_id"]}, {"$set": fields})
+
+    def delete(self, user_id: str) -> bool:
+        oid = to_object_id(user_id)
+        return oid is not None and self.users().delete_one({"_id": oid}).deleted_count == 1
+
+
+# --------------------------------------------------------------------------------------
+# Use cases: whole batches are checked before anything is written
+# --------------------------------------------------------------------------------------
+
+
+def emails_in_use(
+    store: UserStore, emails: Mapping[int, str], own_ids: Mapping[int, ObjectId]
+) -> list[ProblemItem]:
+    """An error for each email that a user other than the item's own already holds."""
+    owners = store.owners_of(emails.values())
+    return [
+        ProblemItem(index=index, field="email", message=f"email {email} is already taken")
+        for index, email in emails.items()
+        if email in owners and owners[email] != own_ids.get(index)
+    ]
+
+
+def create_users(store: UserStore, items: list[object]) -> list[User]:
+    new_users, invalid = validate_items(UserIn, items)
+    emails = {index: user.email for index, user in new_users.items()}
+    conflicts = repeated(emails, "email") + emails_in_use(store, emails, {})
+    reject_batch(invalid, [], conflicts)
+    moment = now()
+    docs = [
+        {"_id": ObjectId(), **user.model_dump(), "created_at": moment, "updated_at": moment}
+        for user in new_users.values()
+    ]
+    store.insert_all(docs)
+    return [to_user(doc) for doc in docs]
+
+
+def edit_users(store: UserStore, items: list[object]) -> list[User]:
+    edits, invalid = validate_items(UserEdit, items)
+    invalid += repeated({index: edit.id for index, edit in edits.items()}, "id")
+    ids = {index: to_object_id(edit.id) for index, edit in edits.items()}
+    existing = store.find_many(oid for oid in ids.values() if oid is not None)
+    found = {index: oid for index, oid in ids.items() if oid is not None and oid in existing}
+    missing = [
+        ProblemItem(index=index, field="id", message=f"no user has id {edit.id}")
+        for index, edit in edits.items()
+        if index not in found
+    ]
+    emails = {index: edit.email for index, edit in edits.items() if edit.email is not None}
+    conflicts = repeated(emails, "email") + emails_in_use(store, emails, found)
+    reject_batch(invalid, missing, conflicts)
+    moment = now()
+    before = [existing[oid] for oid in found.values()]
+    after = [
+        {**doc, **edit.changes(), "updated_at": moment}
+        for doc, edit in zip(before, edits.values(), strict=True)
+    ]
+    store.update_all(before, after)
+    return [to_user(doc) for doc in after]
+
+
+# --------------------------------------------------------------------------------------
+# Routes
+# --------------------------------------------------------------------------------------
+
+
+class ObjectIdConverter(BaseConverter):
+    """Matches user ids (24 hex digits), so /users/search is never taken for an id. Other
+    paths under /users/ are unknown resources: 404."""
+
+    regex = "[0-9a-fA-F]{24}"
+
+
+bp = Blueprint("users", __name__)
+PROBLEM_TYPE = "about:blank"
+AUTH_FAILURES = {13, 18}  # Unauthorized, AuthenticationFailed
+
+
+def store() -> UserStore:
+    user_store: UserStore = current_app.extensions["usersapi.store"]
+    return user_store
+
+
+def settings() -> Settings:
+    app_settings: Settings = current_app.extensions["usersapi.settings"]
+    return app_settings
+
+
+def json_response(payload: object, status: int = HTTPStatus.OK) -> Response:
+    return current_app.response_class(
+        json.dumps(payload, separators=(",", ":")), status=status, mimetype="application/json"
+    )
+
+
+def dump(users: list[User], *, single: bool) -> object:
+    dumped = [user.model_dump(mode="json") for user in users]
+    return dumped[0] if single else dumped
+
+
+def page_of(query: Document, page: PageQuery) -> Response:
+    docs, total = store().page(query, page.limit, page.offset)
+    items = [to_user(doc).model_dump(mode="json") for doc in docs]
+    return json_response(
+        {"items": items, "total": total, "limit": page.limit, "offset": page.offset}
+    )
+
+
+def user_not_found(user_id: str) -> ApiError:
+    error = ProblemItem(index=None, field="id", message=f"no user has id {user_id}")
+    return ApiError(HTTPStatus.NOT_FOUND, "the user does not exist", [error])
+
+
+@bp.get("/health")
+def health() -> Response:
+    return json_response({"status": "ok"})
+
+
+@bp.get("/ready")
+def ready() -> Response:
+    store().ping()
+    return json_response({"status": "ok"})
+
+
+def write(
+    action: Callable[[UserStore, list[object]], list[User]], items: list[object], *, single: bool
+) -> list[User]:
+    """Run a batch write; errors of a single-object request carry no item index."""
+    try:
+        return action(store(), items)
+    except ApiError as exc:
+        if single:
+            for error in exc.errors:
+                error.index = None
+        raise
+
+
+@bp.post("/users")
+def post_users() -> Response:
+    items, single = read_batch(settings().max_batch)
+    created = write(create_users, items, single=single)
+    response = json_response(dump(created, single=single), HTTPStatus.CREATED)
+    if single:
+        response.headers["Location"] = f"/users/{created[0].id}"
+    return response
+
+
+@bp.patch("/users")
+def patch_users() -> Response:
+    items, single = read_batch(settings().max_batch)
+    return json_response(dump(write(edit_users, items, single=single), single=single))
+
+
+@bp.get("/users")
+def list_users() -> Response:
+    return page_of({}, parse_query(PageQuery))
+
+
+@bp.get("/users/search")
+def search_users() -> Response:
+    query = parse_query(SearchQuery)
+    return page_of(contains_text(query.q), query)
+
+
+@bp.get("/users/<objectid:user_id>")
+def get_user(user_id: str) -> Response:
+    doc = store().get(user_id)
+    if doc is None:
+        raise user_not_found(user_id)
+    return json_response(to_user(doc).model_dump(mode="json"))
+
+
+@bp.patch("/users/<objectid:user_id>")
+def patch_user(user_id: str) -> Response:
+    body = read_json_body()
+    if not isinstance(body, dict):
+        raise ApiError(HTTPStatus.BAD_REQUEST, "send the fields to change as a JSON object")
+    if "id" in body:
+        error = ProblemItem(index=None, field="id", message="the id is taken from the path")
+        raise ApiError(HTTPStatus.UNPROCESSABLE_ENTITY, "some users are invalid", [error])
+    (edited,) = write(edit_users, [{**body, "id": user_id}], single=True)
+    return json_response(edited.model_dump(mode="json"))
+
+
+@bp.delete("/users/<objectid:user_id>")
+def delete_user(user_id: str) -> Response:
+    if not store().delete(user_id):
+        raise user_not_found(user_id)
+    return current_app.response_class(status=HTTPStatus.NO_CONTENT)
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    return json_response(current_app.extensions["usersapi.openapi"])
+
+
+# --------------------------------------------------------------------------------------
+# Errors: every failure is answered as application/problem+json
+# --------------------------------------------------------------------------------------
+
+
+def problem_response(
+    status: int, detail: str, errors: list[ProblemItem], headers: Mapping[str, str] | None = None
+) -> Response:
+    problem = Problem(
+        type=PROBLEM_TYPE,
+        title=HTTPStatus(status).phrase,
+        status=status,
+        detail=detail,
+        errors=errors,
+    )
+    response = json_response(problem.model_dump(mode="json"), status)
+    response.mimetype = "application/problem+json"
+    response.headers.update(headers or {})
+    return response
+
+
+def handle_api_error(exc: ApiError) -> Response:
+    return problem_response(exc.status, exc.detail, exc.errors)
+
+
+def handle_http_exception(exc: HTTPException) -> Response:
+    status = exc.code or HTTPStatus.INTERNAL_SERVER_ERROR
+    allow = {k: v for k, v in exc.get_headers() if k == "Allow"}
+    return problem_response(status, exc.description or HTTPStatus(status).phrase, [], allow)
+
+
+def database_unavailable() -> Response:
+    detail = "the database cannot be reached; try again shortly"
+    return problem_response(HTTPStatus.SERVICE_UNAVAILABLE, detail, [])
+
+
+def handle_database_error(exc: PyMongoError) -> Response:
+    if isinstance(exc, ConnectionFailure):
+        log.warning("MongoDB unreachable: %s", type(exc).__name__)
+        return database_unavailable()
+    if isinstance(exc, OperationFailure) and exc.code in AUTH_FAILURES:
+        log.error("MongoDB refused the credentials (code %s)", exc.code)
+        return database_unavailable()
+    return handle_unexpected(exc)
+
+
+def handle_unexpected(exc: Exception) -> Response:
+    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    detail = "the server could not answer this request"
+    return problem_response(HTTPStatus.INTERNAL_SERVER_ERROR, detail, [])
+
+
+# --------------------------------------------------------------------------------------
+# OpenAPI document, built from the models above
+# --------------------------------------------------------------------------------------
+
+SCHEMA_MODELS: tuple[type[BaseModel], ...] = (
+    UserIn,
+    UserChanges,
+    UserEdit,
+    User,
+    UserPage,
+    Problem,
+    Health,
+)
+
+
+def ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def one_or_many(model: type[BaseModel], max_batch: int) -> dict[str, Any]:
+    many = {"type": "array", "items": ref(model), "minItems": 1, "maxItems": max_batch}
+    return {"oneOf": [ref(model), many]}
+
+
+def json_content(schema: Mapping[str, Any], media_type: str = "application/json") -> Document:
+    return {"content": {media_type: {"schema": schema}}}
+
+
+def problems(*statuses: int) -> Document:
+    return {
+        str(status): {
+            "description": HTTPStatus(status).phrase,
+            **json_content(ref(Problem), "application/problem+json"),
+        }
+        for status in statuses
+    }
+
+
+def query_parameters(model: type[PageQuery]) -> list[Document]:
+    schema = model.model_json_schema()
+    required = set(schema.get("required", []))
+    return [
+        {"name": name, "in": "query", "required": name in required, "schema": prop}
+        for name, prop in schema["properties"].items()
+    ]
+
+
+def operation(
+    summary: str,
+    ok: tuple[int, Mapping[str, Any] | None],
+    errors: tuple[int, ...],
+    body: Mapping[str, Any] | None = None,
+    parameters: list[Document] | None = None,
+) -> Document:
+    status, schema = ok
+    success = {"description": HTTPStatus(status).phrase, **(json_content(schema) if schema else {})}
+    op: Document = {"summary": summary, "responses": {str(status): success, **problems(*errors)}}
+    if body is not None:
+        op["requestBody"] = {"required": True, **json_content(body)}
+    if parameters:
+        op["parameters"] = parameters
+    return op
+
+
+def openapi_document(max_batch: int) -> Document:
+    _, definitions = models_json_schema(
+        [(model, "serialization") for model in SCHEMA_MODELS],
+        ref_template="#/components/schemas/{model}",
+    )
+    id_schema = {"type": "string", "pattern": f"^{ObjectIdConverter.regex}$"}
+    user_id = [{"name": "user_id", "in": "path", "required": True, "schema": id_schema}]
+    page = ref(UserPage)
+    write = (400, 405, 413, 415, 422, 503)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Users API", "version": "1.0.0"},
+        "paths": {
+            "/users": {
+                "post": operation(
+                    "Create one user or a batch",
+                    (201, one_or_many(User, max_batch)),
+                    (*write, 409),
+                    one_or_many(UserIn, max_batch),
+                ),
+                "patch": operation(
+                    "Edit one user or a batch, by id",
+                    (200, one_or_many(User, max_batch)),
+                    (*write, 404, 409),
+                    one_or_many(UserEdit, max_batch),
+                ),
+                "get": operation(
+                    "List users", (200, page), (400, 503), parameters=query_parameters(PageQuery)
+                ),
+            },
+            "/users/search": {
+                "get": operation(
+                    "Users whose name, email or username contains q",
+                    (200, page),
+                    (400, 503),
+                    parameters=query_parameters(SearchQuery),
+                ),
+            },
+            "/users/{user_id}": {
+                "get": operation("One user", (200, ref(User)), (404, 503), parameters=user_id),
+                "patch": operation(
+                    "Edit one user", (200, ref(User)), (*write, 404, 409), ref(UserChanges), user_id
+                ),
+                "delete": operation("Delete one user", (204, None), (404, 503), parameters=user_id),
+            },
+            "/health": {"get": operation("The process is up", (200, ref(Health)), ())},
+            "/ready": {"get": operation("MongoDB answers", (200, ref(Health)), (503,))},
+            "/openapi.json": {"get": operation("This document", (200, {"type": "object"}), ())},
+        },
+        "components": {"schemas": definitions["$defs"]},
+    }
+
+
+# --------------------------------------------------------------------------------------
+# App factory
+# --------------------------------------------------------------------------------------
+
+
+def create_app(config: Settings | None = None) -> Flask:
+    """The WSGI application. Without CONFIG, settings come from the environment."""
+    settings = Settings.from_env() if config is None else config
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
+    app.extensions["usersapi.settings"] = settings
+    app.extensions["usersapi.store"] = UserStore(settings)
+    app.extensions["usersapi.openapi"] = openapi_document(settings.max_batch)
+    app.url_map.converters["objectid"] = ObjectIdConverter
+    app.register_blueprint(bp)
+    app.register_error_handler(ApiError, handle_api_error)
+    app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(PyMongoError, handle_database_error)
+    app.register_error_handler(Exception, handle_unexpected)
+    # One reverse proxy (nginx) stands in front in production.
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)  # type: ignore[method-assign]
+    log.info("usersapi ready: %s", settings.describe())
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Development server on port 8000 (PORT); an in-memory store when nothing is set."""
+    del argv
+    if not has_mongo_settings(os.environ):
+        os.environ["MONGO_URI"] = IN_MEMORY_URI
+        banner = "!" * 78
+        print(
+            f"{banner}\n"
+            "  No MongoDB configuration: using an IN-MEMORY store (mongomock).\n"
+            "  Data is lost on exit. Set MONGO_URI, or MONGO_HOST, MONGO_USER, MONGO_PASSWORD.\n"
+            f"{banner}",
+            file=sys.stderr,
+        )
+    try:
+        app = create_app()
+    except ConfigError as exc:
+        sys.exit(f"usersapi: {exc}")
+    app.run(host=os.environ.get("HOST", "127.0.0.1"), port=int(os.environ.get("PORT", "8000")))
+
+
+if __name__ == "__main__":
+    main()
