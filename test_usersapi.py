@@ -213,6 +213,12 @@ def test_the_in_memory_uri_needs_no_server() -> None:
     assert "in-memory" in settings.describe()
 
 
+def test_the_in_memory_store_needs_mongomock_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(usersapi, "find_spec", lambda _name: None)
+    with pytest.raises(ConfigError, match="needs the mongomock package"):
+        Settings.from_env({"MONGO_URI": "mongomock://"})
+
+
 def test_the_dev_server_falls_back_to_memory_and_says_so() -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MONGO_")}

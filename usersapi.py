@@ -25,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 from bson import ObjectId
 from flask import Blueprint, Flask, Response, current_app, request
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     EmailStr,
@@ -40,7 +41,6 @@ from pymongo.collection import Collection
 from pymongo.errors import (
     BulkWriteError,
     ConnectionFailure,
-    DuplicateKeyError,
     OperationFailure,
     PyMongoError,
 )
@@ -171,6 +171,7 @@ class Settings:
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 Username = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{3,30}$")]
+Email = Annotated[EmailStr, AfterValidator(str.lower)]  # stored and compared lower-cased
 ObjectIdStr = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{24}$")]
 
 
@@ -180,13 +181,8 @@ class UserIn(BaseModel):
     model_config = ConfigDict(extra="forbid", title="UserIn")
 
     name: Name
-    email: EmailStr
+    email: Email
     username: Username
-
-    @field_validator("email")
-    @classmethod
-    def lower_email(cls, email: str) -> str:
-        return email.lower()
 
 
 class UserChanges(BaseModel):
@@ -198,7 +194,7 @@ class UserChanges(BaseModel):
 
     # None stands for "not sent": explicit nulls are rejected and left out of the schema.
     name: Name | SkipJsonSchema[None] = None
-    email: EmailStr | SkipJsonSchema[None] = None
+    email: Email | SkipJsonSchema[None] = None
     username: Username | SkipJsonSchema[None] = None
 
     @field_validator("name", "email", "username", mode="before")
@@ -207,11 +203,6 @@ class UserChanges(BaseModel):
         if value is None:
             raise ValueError("may not be null")
         return value
-
-    @field_validator("email")
-    @classmethod
-    def lower_email(cls, email: str | None) -> str | None:
-        return None if email is None else email.lower()
 
     @model_validator(mode="after")
     def require_a_change(self) -> Self:
@@ -394,6 +385,7 @@ def reject_batch(
 # --------------------------------------------------------------------------------------
 
 Document = dict[str, Any]
+DUPLICATE_KEY = 11000
 
 
 def now() -> datetime:
@@ -427,12 +419,8 @@ def contains_text(text: str) -> Document:
     return {"$or": [{"name": pattern}, {"email": pattern}, {"username": pattern}]}
 
 
-def is_duplicate_key(exc: PyMongoError) -> bool:
-    if isinstance(exc, DuplicateKeyError):
-        return True
-    if isinstance(exc, BulkWriteError):
-        return any(error.get("code") == 11000 for error in exc.details.get("writeErrors", []))
-    return False
+def is_duplicate_key(exc: BulkWriteError) -> bool:
+    return any(error.get("code") == DUPLICATE_KEY for error in exc.details.get("writeErrors", []))
 
 
 def make_client(settings: Settings) -> MongoClient[Document]:
@@ -441,11 +429,17 @@ def make_client(settings: Settings) -> MongoClient[Document]:
 
         client: MongoClient[Document] = mongomock.MongoClient(tz_aware=True)
         return client
+    # Credentials from MONGO_USER and MONGO_PASSWORD; otherwise those in MONGO_URI, if any.
+    credentials: dict[str, Any] = {}
+    if settings.mongo_username is not None:
+        credentials = {
+            "username": settings.mongo_username,
+            "password": settings.mongo_password,
+            "authSource": settings.mongo_auth_source,
+        }
     return MongoClient(
         settings.mongo_uri,
-        username=settings.mongo_username,
-        password=settings.mongo_password,
-        authSource=settings.mongo_auth_source,
+        **credentials,
         tz_aware=True,
         appname="usersapi",
         serverSelectionTimeoutMS=settings.mongo_timeout_ms,
