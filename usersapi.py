@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import threading
+from importlib.util import find_spec
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -141,6 +142,8 @@ class Settings:
             raise ConfigError(
                 "MONGO_URI must start with mongodb://, mongodb+srv:// or mongomock://"
             )
+        if uri.startswith(IN_MEMORY_URI) and find_spec("mongomock") is None:
+            raise ConfigError(f"MONGO_URI={IN_MEMORY_URI} needs the mongomock package installed")
         return cls(
             mongo_uri=uri,
             mongo_username=read_setting(env, "MONGO_USER") or None,
