@@ -446,7 +446,9 @@ def test_the_unique_index_catches_a_race_and_undoes_the_batch(
     # A concurrent request takes the email between the check and the write.
     monkeypatch.setattr(UserStore, "owners_of", lambda _self, _emails: {})
     batch = [a_user(1), a_user(2), a_user(3, email="user9@example.com")]
-    assert_problem(client.post("/users", json=batch), 409)
+    errors = assert_problem(client.post("/users", json=batch), 409)
+    assert fields_in(errors) == {(2, "email")}
+    assert "user9@example.com was taken by a concurrent request" in errors[0]["message"]
     assert user_count(client) == 1
     assert store_of(app).users().count_documents({}) == 1
 
@@ -707,7 +709,7 @@ def test_an_edit_race_caught_by_the_index_reverts_the_batch(
         {"id": users[0]["id"], "name": "Changed"},
         {"id": users[1]["id"], "email": users[2]["email"]},
     ]
-    assert_problem(client.patch("/users", json=edits), 409)
+    assert fields_in(assert_problem(client.patch("/users", json=edits), 409)) == {(1, "email")}
     assert listed(client) == users
 
 

@@ -402,15 +402,7 @@ def to_object_id(user_id: str) -> ObjectId | None:
 
 
 def to_user(doc: Document) -> User:
-    created, updated = doc["created_at"], doc["updated_at"]
-    return User(
-        id=str(doc["_id"]),
-        name=doc["name"],
-        email=doc["email"],
-        username=doc["username"],
-        created_at=created if created.tzinfo else created.replace(tzinfo=UTC),
-        updated_at=updated if updated.tzinfo else updated.replace(tzinfo=UTC),
-    )
+    return User.model_validate({**doc, "id": str(doc["_id"])})
 
 
 def contains_text(text: str) -> Document:
@@ -422,8 +414,22 @@ def contains_text(text: str) -> Document:
     return {"$or": [{"name": pattern}, {"email": pattern}, {"username": pattern}]}
 
 
-def is_duplicate_key(exc: BulkWriteError) -> bool:
-    return any(error.get("code") == DUPLICATE_KEY for error in exc.details.get("writeErrors", []))
+def first_failure(exc: BulkWriteError) -> int:
+    """Index of the first write of a bulk write that failed."""
+    errors = exc.details.get("writeErrors") or [{}]
+    return int(errors[0].get("index", 0))
+
+
+def taken_meanwhile(exc: BulkWriteError, docs: list[Document]) -> Exception:
+    """The error to answer when the unique index stopped a batch: a 409 naming the email a
+    concurrent request took since the batch was checked, or EXC itself for any other cause."""
+    errors = exc.details.get("writeErrors") or [{}]
+    if errors[0].get("code") != DUPLICATE_KEY:
+        return exc
+    index = first_failure(exc)
+    message = f"email {docs[index]['email']} was taken by a concurrent request"
+    error = ProblemItem(index=index, field="email", message=message)
+    return ApiError(HTTPStatus.CONFLICT, "an email is already in use", [error])
 
 
 def make_client(settings: Settings) -> MongoClient[Document]:
@@ -522,9 +528,7 @@ class UserStore:
             users.insert_many(docs, ordered=True)
         except BulkWriteError as exc:
             users.delete_many({"_id": {"$in": [doc["_id"] for doc in docs]}})
-            if is_duplicate_key(exc):
-                raise ApiError(HTTPStatus.CONFLICT, "an email was taken meanwhile") from None
-            raise
+            raise taken_meanwhile(exc, docs) from None
 
     def update_all(self, before: list[Document], after: list[Document]) -> None:
         """Apply every edit or none: if the unique index rejects one, the edits already
@@ -533,12 +537,10 @@ class UserStore:
         try:
             users.bulk_write([self._set_fields(doc) for doc in after], ordered=True)
         except BulkWriteError as exc:
-            applied = exc.details["writeErrors"][0]["index"] if exc.details["writeErrors"] else 0
+            applied = first_failure(exc)  # an ordered bulk write stops at its first failure
             if applied:
                 users.bulk_write([self._set_fields(doc) for doc in before[:applied]])
-            if is_duplicate_key(exc):
-                raise ApiError(HTTPStatus.CONFLICT, "an email was taken meanwhile") from None
-            raise
+            raise taken_meanwhile(exc, after) from None
 
     @staticmethod
     def _set_fields(doc: Document) -> UpdateOne:
