@@ -117,7 +117,8 @@ def round_trips() -> None:
     created = client.post("/users", json=users(BATCH_SIZE)).json or []
     print(f"round trips, create of {BATCH_SIZE} users   {len(counter.calls):>4}  {counter.calls}")
     counter.calls.clear()
-    client.patch("/users", json=[{"id": user["id"], "name": "Edited"} for user in created])
+    edits = [{"id": user["id"], "email": f"edited.{user['email']}"} for user in created]
+    client.patch("/users", json=edits)
     print(f"round trips, edit of {BATCH_SIZE} users     {len(counter.calls):>4}  {counter.calls}")
 
 
