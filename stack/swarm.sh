@@ -1,0 +1,678 @@
+#!/usr/bin/env bash
+# Deploy the usersapi stack on a three-node Docker Swarm made of docker-in-docker nodes.
+#
+#   stack/swarm.sh all        nodes, swarm, labels, secrets, build, push, deploy, verify
+#   stack/swarm.sh down       remove the stack, the nodes and their network
+#   stack/swarm.sh help       every step and every setting with its current value
+#
+# Every setting is an environment variable with a default (see `help`). Every step can run
+# again safely: existing nodes, swarm membership, labels, secrets and images are reused.
+set -euo pipefail
+
+STACK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+PROJECT_DIR=$(dirname "$STACK_DIR")
+
+project_version() {  # the version in pyproject.toml, 1.0.0 if it cannot be read
+  sed -n 's/^version *= *"\([^"]*\)".*/\1/p' "$PROJECT_DIR/pyproject.toml" 2>/dev/null | head -n 1
+}
+
+# --- settings ------------------------------------------------------------------------------
+STACK_NAME=${STACK_NAME:-semana4}
+VERSION=${VERSION:-$(project_version)}
+VERSION=${VERSION:-1.0.0}
+DOCKERHUB_USER=${DOCKERHUB_USER:-usersapi}
+REGISTRY=${REGISTRY:-docker.io/$DOCKERHUB_USER}
+IMAGE_NAME=${IMAGE_NAME:-usersapi}
+API_IMAGE=${API_IMAGE:-$REGISTRY/$IMAGE_NAME:$VERSION}
+BASE_IMAGE=${BASE_IMAGE:-python:3.13-slim}
+DIND_IMAGE=${DIND_IMAGE:-docker:27-dind}
+DIND_RUN_OPTS=${DIND_RUN_OPTS:---privileged}
+NODE_PREFIX=${NODE_PREFIX:-$STACK_NAME}
+NODE_NETWORK=${NODE_NETWORK:-$STACK_NAME-nodes}
+HTTP_PORT=${HTTP_PORT:-80}
+HTTPS_PORT=${HTTPS_PORT:-443}
+PUBLIC_HOST=${PUBLIC_HOST:-localhost}
+SECRETS_DIR=${SECRETS_DIR:-$STACK_DIR/.secrets}
+MONGO_ROOT_USER=${MONGO_ROOT_USER:-root}
+TLS_DAYS=${TLS_DAYS:-365}
+WAIT_TIMEOUT=${WAIT_TIMEOUT:-300}
+
+MANAGER=$NODE_PREFIX-manager
+WORKER1=$NODE_PREFIX-worker1  # ingress node: publishes HTTP_PORT and HTTPS_PORT
+WORKER2=$NODE_PREFIX-worker2
+NODES=("$MANAGER" "$WORKER1" "$WORKER2")
+NODE_LABEL=usersapi.swarm.stack  # on the node containers, so `down` finds exactly them
+REMOTE_DIR=/stack                # where the stack files go inside the manager
+
+# --- output helpers -------------------------------------------------------------------------
+step() { printf '\n==> %s\n' "$*"; }
+info() { printf '    %s\n' "$*"; }
+die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
+
+show_cmd() {  # print a command as it could be pasted into a shell
+  local out="+" arg
+  for arg in "$@"; do
+    if [[ $arg =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
+      out+=" $arg"
+    else
+      out+=" '${arg//\'/\'\\\'\'}'"
+    fi
+  done
+  printf '%s\n' "$out"
+}
+
+run() { show_cmd "$@"; "$@"; }
+
+on() {  # on NODE CMD...: run CMD inside a node container, printing the full command
+  local node=$1; shift
+  run docker exec "$node" "$@"
+}
+
+quietly() { "$@" >/dev/null 2>&1; }
+
+# --- node helpers -----------------------------------------------------------------------------
+node_state() {  # running | stopped | missing
+  local running
+  running=$(docker inspect -f '{{.State.Running}}' "$1" 2>/dev/null) || { echo missing; return; }
+  [ "$running" = true ] && echo running || echo stopped
+}
+
+require_node() {
+  [ "$(node_state "$1")" = running ] || die "node $1 is not running: run '$0 nodes' first"
+}
+
+swarm_state() {  # inactive | active | pending | error | locked
+  docker exec "$1" docker info -f '{{.Swarm.LocalNodeState}}' 2>/dev/null || echo unknown
+}
+
+node_ip() {
+  docker inspect -f "{{(index .NetworkSettings.Networks \"$NODE_NETWORK\").IPAddress}}" "$1"
+}
+
+wait_for_engine() {
+  local node=$1 i
+  for ((i = 0; i < 60; i++)); do
+    quietly docker exec "$node" docker info && return 0
+    sleep 1
+  done
+  die "the Docker engine in $node did not start within 60 s (docker logs $node)"
+}
+
+short_hash() { sha256sum "$1" | cut -c1-12; }
+
+# --- steps ------------------------------------------------------------------------------------
+cmd_nodes() {
+  step "nodes: a manager and two workers as docker-in-docker containers ($DIND_IMAGE)"
+  local dind_opts node state
+  read -r -a dind_opts <<<"$DIND_RUN_OPTS"
+  if quietly docker network inspect "$NODE_NETWORK"; then
+    info "network $NODE_NETWORK exists, reusing it"
+  else
+    run docker network create --label "$NODE_LABEL=$STACK_NAME" "$NODE_NETWORK"
+  fi
+  for node in "${NODES[@]}"; do
+    state=$(node_state "$node")
+    case $state in
+      running) info "node $node is already running, reusing it" ;;
+      stopped) run docker start "$node" ;;
+      missing)
+        local ports=()
+        if [ "$node" = "$WORKER1" ]; then
+          # the ingress node: the stack publishes these ports on it (mode: host)
+          ports=(-p "$HTTP_PORT:$HTTP_PORT" -p "$HTTPS_PORT:$HTTPS_PORT")
+        fi
+        run docker run -d "${dind_opts[@]}" --name "$node" --hostname "$node" \
+          --network "$NODE_NETWORK" --label "$NODE_LABEL=$STACK_NAME" "${ports[@]}" "$DIND_IMAGE"
+        ;;
+    esac
+  done
+  if ! docker port "$WORKER1" 2>/dev/null | grep -q ":$HTTPS_PORT\$"; then
+    die "$WORKER1 does not publish port $HTTPS_PORT (created with other ports?): run '$0 down' first"
+  fi
+  info "waiting for the Docker engine inside each node"
+  for node in "${NODES[@]}"; do wait_for_engine "$node"; done
+  run docker ps --filter "label=$NODE_LABEL=$STACK_NAME" \
+    --format 'table {{.Names}}\t{{.Image}}\t{{.Status}}\t{{.Ports}}'
+}
+
+cmd_swarm() {
+  step "swarm: init on $MANAGER, join $WORKER1 and $WORKER2 as workers"
+  local node ip token id
+  for node in "${NODES[@]}"; do require_node "$node"; done
+  ip=$(node_ip "$MANAGER")
+  if [ "$(swarm_state "$MANAGER")" = active ]; then
+    info "$MANAGER is already a swarm manager"
+  else
+    # Only the first line: the rest of the output prints the join token, a credential.
+    on "$MANAGER" docker swarm init --advertise-addr "$ip" | sed -n 1p
+  fi
+  token=$(docker exec "$MANAGER" docker swarm join-token -q worker)
+  for node in "$WORKER1" "$WORKER2"; do
+    if [ "$(swarm_state "$node")" = active ]; then
+      id=$(docker exec "$node" docker info -f '{{.Swarm.NodeID}}')
+      if docker exec "$MANAGER" docker node ls -q | grep -qx "$id"; then
+        info "$node is already a member of this swarm"
+        continue
+      fi
+      info "$node belongs to another swarm (the manager was recreated): leaving it"
+      on "$node" docker swarm leave --force
+    fi
+    show_cmd docker exec "$node" docker swarm join --token '<worker-token>' "$ip:2377"
+    docker exec "$node" docker swarm join --token "$token" "$ip:2377"
+  done
+  # Nodes recreated under the same name leave "Down" entries behind; drop them so names
+  # stay unambiguous for the labels step.
+  local stale
+  stale=$(docker exec "$MANAGER" docker node ls --format '{{.ID}} {{.Status}}' | awk '$2 == "Down" {print $1}')
+  for id in $stale; do on "$MANAGER" docker node rm --force "$id"; done
+  on "$MANAGER" docker node ls
+}
+
+cmd_labels() {
+  step "labels: app=database on $MANAGER, app=ingress on $WORKER1, app=api on $WORKER2"
+  require_node "$MANAGER"
+  on "$MANAGER" docker node update --label-add app=database "$MANAGER"
+  on "$MANAGER" docker node update --label-add app=ingress "$WORKER1"
+  on "$MANAGER" docker node update --label-add app=api "$WORKER2"
+  on "$MANAGER" docker node inspect \
+    --format '{{.Description.Hostname}}  role={{.Spec.Role}}  labels={{json .Spec.Labels}}' "${NODES[@]}"
+}
+
+cmd_secrets() {
+  step "secrets: MongoDB root password and a self-signed TLS certificate in $SECRETS_DIR"
+  local pw=$SECRETS_DIR/mongo_root_password crt=$SECRETS_DIR/tls.crt key=$SECRETS_DIR/tls.key
+  (umask 077 && mkdir -p "$SECRETS_DIR")
+  if [ -s "$pw" ]; then
+    info "MongoDB password exists, reusing it ($pw)"
+  else
+    info "generating a random MongoDB root password (openssl rand, 48 hex characters)"
+    (umask 077 && openssl rand -hex 24 | tr -d '\n' >"$pw")
+  fi
+  if [ -s "$crt" ] && [ -s "$key" ]; then
+    info "TLS certificate exists, reusing it ($crt)"
+  else
+    local san="DNS:localhost,IP:127.0.0.1"
+    [ "$PUBLIC_HOST" = localhost ] || san="DNS:$PUBLIC_HOST,$san"
+    (umask 077 && run openssl req -x509 -newkey rsa:2048 -nodes -days "$TLS_DAYS" \
+      -subj "/CN=$PUBLIC_HOST" -addext "subjectAltName=$san" \
+      -keyout "$key" -out "$crt" 2>/dev/null)
+    chmod 644 "$crt"
+  fi
+  run openssl x509 -in "$crt" -noout -subject -enddate -ext subjectAltName
+  info "kept out of git (.gitignore: stack/.secrets/); contents are never printed:"
+  run ls -l "$SECRETS_DIR"
+}
+
+cmd_build() {
+  step "build: $API_IMAGE from $PROJECT_DIR/Dockerfile (BuildKit)"
+  local revision
+  revision=$(git -C "$PROJECT_DIR" rev-parse --short HEAD 2>/dev/null || echo unknown)
+  run env DOCKER_BUILDKIT=1 docker build --build-arg "VERSION=$VERSION" \
+    --build-arg "REVISION=$revision" -t "$API_IMAGE" "$PROJECT_DIR"
+  quietly docker image inspect "$BASE_IMAGE" || run docker pull -q "$BASE_IMAGE"
+  local size base
+  size=$(docker image inspect -f '{{.Size}}' "$API_IMAGE")
+  base=$(docker image inspect -f '{{.Size}}' "$BASE_IMAGE")
+  mb() { echo $((($1 + 500000) / 1000000)); }  # the unit of `docker image ls`
+  info "image size: $(mb "$size") MB ($API_IMAGE), base $(mb "$base") MB ($BASE_IMAGE), added $(mb $((size - base))) MB"
+  run docker image ls --format 'table {{.Repository}}:{{.Tag}}\t{{.ID}}\t{{.Size}}' "$API_IMAGE"
+}
+
+cmd_push() {
+  step "push: $API_IMAGE to ${API_IMAGE%%/*}"
+  if ! run docker push "$API_IMAGE"; then
+    die "push failed: for Docker Hub run 'docker login' and set DOCKERHUB_USER (or REGISTRY)"
+  fi
+}
+
+stack_services() {
+  docker exec "$MANAGER" docker service ls --filter "label=com.docker.stack.namespace=$STACK_NAME" \
+    --format '{{.Name}}'
+}
+
+# One line per service of the stack: NAME RUNNING DESIRED UPDATE-STATE
+service_states() {
+  local replicas names
+  replicas=$(docker exec "$MANAGER" docker service ls \
+    --filter "label=com.docker.stack.namespace=$STACK_NAME" --format '{{.Name}} {{.Replicas}}')
+  [ -n "$replicas" ] || return 0
+  mapfile -t names < <(awk '{print $1}' <<<"$replicas")
+  docker exec "$MANAGER" docker service inspect -f \
+    '{{.Spec.Name}} {{if .UpdateStatus}}{{.UpdateStatus.State}}{{else}}none{{end}}' "${names[@]}" |
+    awk 'NR == FNR {split($2, r, "/"); running[$1] = r[1]; desired[$1] = r[2]; next}
+         {print $1, running[$1], desired[$1], $2}' <(printf '%s\n' "$replicas") -
+}
+
+wait_converged() {  # until every service runs all its replicas and no update is in flight
+  local start=$SECONDS states pending
+  info "waiting until every service of $STACK_NAME runs all its replicas (at most $WAIT_TIMEOUT s)"
+  while true; do
+    states=$(service_states)
+    pending=$(awk '$2 != $3 || $3 == 0 || $4 == "updating" || $4 == "rollback_started" {print $1 " " $2 "/" $3 " " $4}' <<<"$states")
+    if [ -n "$states" ] && [ -z "$pending" ]; then
+      info "converged after $((SECONDS - start)) s"
+      if grep -Eq 'rollback_completed|paused|rollback_paused' <<<"$states"; then
+        info "note: an update was rolled back or paused:"
+        printf '%s\n' "$states" | sed 's/^/      /'
+        return 1
+      fi
+      return 0
+    fi
+    if ((SECONDS - start >= WAIT_TIMEOUT)); then
+      info "not converged after $WAIT_TIMEOUT s:"
+      printf '%s\n' "$pending" | sed 's/^/      /'
+      on "$MANAGER" docker stack ps --no-trunc --filter desired-state=running "$STACK_NAME" || true
+      return 1
+    fi
+    info "$((SECONDS - start)) s: $(tr '\n' ',' <<<"$pending" | sed 's/,$//;s/,/, /g')"
+    sleep 5
+  done
+}
+
+prune_old_versions() {  # secrets and configs of this stack left over from earlier deploys
+  local kind name
+  for kind in secret config; do
+    for name in $(docker exec "$MANAGER" docker "$kind" ls \
+      --filter "label=com.docker.stack.namespace=$STACK_NAME" --format '{{.Name}}'); do
+      if ! grep -qx "$name" <<<"$CURRENT_OBJECTS"; then
+        on "$MANAGER" docker "$kind" rm "$name" >/dev/null 2>&1 || true
+      fi
+    done
+  done
+}
+
+cmd_deploy() {
+  step "deploy: stack $STACK_NAME from stack/docker-stack.yml, through $MANAGER"
+  require_node "$MANAGER"
+  local pw=$SECRETS_DIR/mongo_root_password crt=$SECRETS_DIR/tls.crt key=$SECRETS_DIR/tls.key
+  if ! [ -s "$pw" ] || ! [ -s "$crt" ] || ! [ -s "$key" ]; then
+    die "secrets missing in $SECRETS_DIR: run '$0 secrets' first"
+  fi
+  # Content hashes name the secrets and configs (see the top of docker-stack.yml).
+  local mongo_h tls_cert_h tls_key_h nginx_h
+  mongo_h=$(short_hash "$pw")
+  tls_cert_h=$(short_hash "$crt")
+  tls_key_h=$(short_hash "$key")
+  nginx_h=$(short_hash "$STACK_DIR/nginx.conf")
+  CURRENT_OBJECTS=$(printf '%s\n' "${STACK_NAME}_mongo_root_password_$mongo_h" \
+    "${STACK_NAME}_tls_cert_$tls_cert_h" "${STACK_NAME}_tls_key_$tls_key_h" \
+    "${STACK_NAME}_nginx_conf_$nginx_h")
+  on "$MANAGER" mkdir -p "$REMOTE_DIR/.secrets"
+  run docker cp "$STACK_DIR/docker-stack.yml" "$MANAGER:$REMOTE_DIR/docker-stack.yml"
+  run docker cp "$STACK_DIR/nginx.conf" "$MANAGER:$REMOTE_DIR/nginx.conf"
+  run docker cp "$SECRETS_DIR/." "$MANAGER:$REMOTE_DIR/.secrets/"
+  local detach=()
+  # Docker 26+ asks to choose; this script waits for convergence itself, bounded.
+  if docker exec "$MANAGER" docker stack deploy --help 2>/dev/null | grep -q -- '--detach'; then
+    detach=(--detach=true)
+  fi
+  local status=0
+  run docker exec -w "$REMOTE_DIR" \
+    -e "STACK_NAME=$STACK_NAME" -e "API_IMAGE=$API_IMAGE" -e "MONGO_ROOT_USER=$MONGO_ROOT_USER" \
+    -e "HTTP_PORT=$HTTP_PORT" -e "HTTPS_PORT=$HTTPS_PORT" \
+    -e "MONGO_PASSWORD_HASH=$mongo_h" -e "TLS_CERT_HASH=$tls_cert_h" -e "TLS_KEY_HASH=$tls_key_h" \
+    -e "NGINX_CONF_HASH=$nginx_h" \
+    "$MANAGER" docker stack deploy --with-registry-auth --prune "${detach[@]}" \
+    -c docker-stack.yml "$STACK_NAME" || status=$?
+  # The swarm keeps the secrets (encrypted in its raft log); the plain files go.
+  on "$MANAGER" rm -rf "$REMOTE_DIR/.secrets"
+  [ "$status" -eq 0 ] || die "docker stack deploy failed"
+  wait_converged || status=$?
+  prune_old_versions
+  on "$MANAGER" docker service ls --filter "label=com.docker.stack.namespace=$STACK_NAME"
+  on "$MANAGER" docker stack ps --filter desired-state=running "$STACK_NAME"
+  [ "$status" -eq 0 ] || die "stack $STACK_NAME did not converge"
+}
+
+# --- verify -----------------------------------------------------------------------------------
+FAILED=0
+CHECKS=0
+pass() { CHECKS=$((CHECKS + 1)); printf 'PASS  %s\n' "$*"; }
+fail() { CHECKS=$((CHECKS + 1)); FAILED=$((FAILED + 1)); printf 'FAIL  %s\n' "$*"; }
+
+HTTPS_URL=https://$PUBLIC_HOST:$HTTPS_PORT
+HTTP_URL=http://$PUBLIC_HOST:$HTTP_PORT
+
+# api METHOD PATH [JSON]: prints the status code, then the body, separated by a newline
+api() {
+  local method=$1 path=$2 body=${3:-}
+  local args=(-sk -m 10 -X "$method" -w '%{http_code}' -o "$WORK/body")
+  [ -n "$body" ] && args+=(-H 'Content-Type: application/json' --data "$body")
+  local code
+  code=$(curl "${args[@]}" "$HTTPS_URL$path" 2>/dev/null) || code=000
+  printf '%s\n%s\n' "$code" "$(cat "$WORK/body" 2>/dev/null)"
+}
+
+task_container() {  # task_container NODE SERVICE: id of the service's running container there
+  docker exec "$1" docker ps -q --filter "label=com.docker.swarm.service.name=${STACK_NAME}_$2" |
+    head -n 1
+}
+
+check_converged() {
+  local states bad
+  states=$(service_states 2>/dev/null || true)
+  bad=$(awk '$2 != $3 || $3 == 0 || $4 == "updating" || $4 == "rollback_started" || $4 == "paused" {print $1 " " $2 "/" $3}' <<<"$states")
+  local summary
+  summary=$(awk '{printf "%s%s %s/%s", (NR > 1 ? ", " : ""), $1, $2, $3}' <<<"$states")
+  if [ "$(wc -l <<<"$states")" -eq 3 ] && [ -n "$states" ] && [ -z "$bad" ]; then
+    pass "services converged: $summary"
+  else
+    fail "services not converged: ${summary:-no services}"
+  fi
+}
+
+check_placement() {
+  local pair svc want line ok=1 detail=""
+  for pair in mongo:database api:api ingress:ingress; do
+    svc=${pair%%:*}; want=${pair#*:}
+    local nodes
+    nodes=$(docker exec "$MANAGER" docker service ps --filter desired-state=running \
+      --format '{{.Node}}' "${STACK_NAME}_$svc" 2>/dev/null || true)
+    [ -n "$nodes" ] || { ok=0; detail+=" $svc:no-tasks"; continue; }
+    for line in $nodes; do
+      local label
+      label=$(docker exec "$MANAGER" docker node inspect -f '{{index .Spec.Labels "app"}}' "$line")
+      [ "$label" = "$want" ] || ok=0
+      detail+=" $svc@$line(app=$label)"
+    done
+  done
+  if [ "$ok" = 1 ]; then pass "placement by label:$detail"; else fail "placement by label:$detail"; fi
+}
+
+check_ports() {
+  local svc ports ok=1 detail=""
+  for svc in mongo api ingress; do
+    ports=$(docker exec "$MANAGER" docker service inspect -f \
+      '{{range .Spec.EndpointSpec.Ports}}{{.PublishedPort}}/{{.PublishMode}} {{end}}' \
+      "${STACK_NAME}_$svc" 2>/dev/null || echo '?')
+    ports=$(xargs <<<"$ports")
+    detail+=" $svc=[${ports}]"
+    if [ "$svc" = ingress ]; then
+      [ "$ports" = "$HTTP_PORT/host $HTTPS_PORT/host" ] || ok=0
+    else
+      [ -z "$ports" ] || ok=0
+    fi
+  done
+  if [ "$ok" = 1 ]; then pass "only ingress publishes ports:$detail"; else fail "published ports:$detail"; fi
+}
+
+check_redirect() {
+  local out suffix=""
+  [ "$HTTPS_PORT" = 443 ] || suffix=":$HTTPS_PORT"
+  local want="301 https://$PUBLIC_HOST$suffix/users?limit=1"
+  out=$(curl -s -m 10 -o /dev/null -w '%{http_code} %{redirect_url}' "$HTTP_URL/users?limit=1" || true)
+  if [ "$out" = "$want" ]; then
+    pass "http redirects to https: GET $HTTP_URL/users?limit=1 -> $out"
+  else
+    fail "http redirect: GET $HTTP_URL/users?limit=1 -> '$out', expected '$want'"
+  fi
+}
+
+check_tls_headers() {
+  local hsts
+  hsts=$(curl -sk -m 10 -o /dev/null -D - "$HTTPS_URL/health" | tr -d '\r' |
+    grep -i '^strict-transport-security:' || true)
+  if [ -n "$hsts" ]; then pass "https answers with HSTS: $hsts"; else fail "no Strict-Transport-Security header on $HTTPS_URL/health"; fi
+}
+
+wait_ready() {
+  local start=$SECONDS code
+  while true; do
+    code=$(curl -sk -m 5 -o /dev/null -w '%{http_code}' "$HTTPS_URL/ready" 2>/dev/null || true)
+    if [ "$code" = 200 ]; then
+      pass "API ready through nginx: GET $HTTPS_URL/ready -> 200 after $((SECONDS - start)) s"
+      return 0
+    fi
+    if ((SECONDS - start >= WAIT_TIMEOUT)); then
+      fail "API not ready through nginx after $WAIT_TIMEOUT s (last GET /ready -> $code)"
+      return 1
+    fi
+    sleep 2
+  done
+}
+
+json_field() {  # json_field NAME < body: the first string value of NAME
+  sed -n "s/.*\"$1\" *: *\"\([^\"]*\)\".*/\1/p" | head -n 1
+}
+
+check_crud() {
+  local tag email id out codes="" ok=1 code body
+  tag=v$(date +%s)$RANDOM
+  email="$tag@example.com"
+  out=$(api POST /users "{\"name\": \"Verify $tag\", \"email\": \"$email\", \"username\": \"$tag\"}")
+  code=${out%%$'\n'*}; body=${out#*$'\n'}
+  id=$(json_field id <<<"$body")
+  codes+="create $code"; [ "$code" = 201 ] && [ -n "$id" ] || ok=0
+
+  out=$(api GET "/users/$id"); code=${out%%$'\n'*}; body=${out#*$'\n'}
+  codes+=", read $code"; [ "$code" = 200 ] && grep -q "$email" <<<"$body" || ok=0
+
+  out=$(api GET "/users?limit=5&offset=0"); code=${out%%$'\n'*}; body=${out#*$'\n'}
+  codes+=", list $code"; [ "$code" = 200 ] && grep -q '"total"' <<<"$body" || ok=0
+
+  out=$(api GET "/users/search?q=$tag"); code=${out%%$'\n'*}; body=${out#*$'\n'}
+  codes+=", search $code"; [ "$code" = 200 ] && grep -q "$id" <<<"$body" || ok=0
+
+  out=$(api PATCH "/users/$id" '{"name": "Verify Edited"}'); code=${out%%$'\n'*}; body=${out#*$'\n'}
+  codes+=", edit $code"; [ "$code" = 200 ] && grep -q 'Verify Edited' <<<"$body" || ok=0
+
+  # A second user with the same email, before the first one is deleted.
+  out=$(api POST /users "{\"name\": \"Dup $tag\", \"email\": \"$email\", \"username\": \"${tag}d\"}")
+  DUP_CODE=${out%%$'\n'*}; DUP_TYPE=$(json_field title <<<"${out#*$'\n'}")
+
+  out=$(api DELETE "/users/$id"); code=${out%%$'\n'*}
+  codes+=", delete $code"; [ "$code" = 204 ] || ok=0
+
+  out=$(api GET "/users/$id"); code=${out%%$'\n'*}
+  codes+=", read-after-delete $code"; [ "$code" = 404 ] || ok=0
+
+  if [ "$ok" = 1 ]; then
+    pass "users CRUD over https through nginx: $codes"
+  else
+    fail "users CRUD over https through nginx: $codes"
+  fi
+  if [ "$DUP_CODE" = 409 ]; then
+    pass "duplicate email through the stack: POST /users -> 409 $DUP_TYPE"
+  else
+    fail "duplicate email through the stack: POST /users -> $DUP_CODE, expected 409"
+  fi
+}
+
+# A MongoDB "hello" (OP_MSG, {hello: 1, $db: "admin"}): a MongoDB server answers it with a
+# document holding maxWireVersion, whatever else listens on an address never does.
+MONGO_HELLO_HEX=340000000100000000000000dd07000000000000001f0000001068656c6c6f000100000002246462000600000061646d696e0000
+
+check_ingress_isolated() {
+  local cid api_cid mongo_cid mongo_ip api_ips name_rc=0 networks back_net=${STACK_NAME}_back
+  cid=$(task_container "$WORKER1" ingress || true)
+  api_cid=$(task_container "$WORKER2" api || true)
+  mongo_cid=$(task_container "$MANAGER" mongo || true)
+  if [ -z "$cid" ] || [ -z "$api_cid" ] || [ -z "$mongo_cid" ]; then
+    fail "ingress isolation: containers not found (ingress '$cid', api '$api_cid', mongo '$mongo_cid')"
+    fail "ingress isolation by address: not tested"
+    return
+  fi
+  # 1. By name. Control: the same DNS server does answer for api.
+  api_ips=$(docker exec "$WORKER1" docker exec "$cid" getent hosts api 2>/dev/null | awk '{print $1}' | xargs || true)
+  docker exec "$WORKER1" docker exec "$cid" curl -s -m 3 -o /dev/null telnet://mongo:27017 </dev/null 2>/dev/null || name_rc=$?
+  # curl exit 6: could not resolve host
+  if [ -n "$api_ips" ] && [ "$name_rc" = 6 ]; then
+    pass "ingress cannot resolve the database: in the ingress container 'mongo' does not resolve (curl exit 6) while 'api' does ($api_ips)"
+  else
+    fail "ingress name isolation: 'api' -> '${api_ips:-nothing}', 'mongo' -> curl exit $name_rc (6 expected)"
+  fi
+  # 2. By address: the ingress task is not on the back network, and a MongoDB hello sent to
+  # mongo's address gets a MongoDB answer from the api container (control) but not from it.
+  networks=$(docker exec "$WORKER1" docker inspect -f '{{range $n, $_ := .NetworkSettings.Networks}}{{$n}} {{end}}' "$cid" | xargs)
+  mongo_ip=$(docker exec "$MANAGER" docker inspect -f "{{(index .NetworkSettings.Networks \"$back_net\").IPAddress}}" "$mongo_cid")
+  local octal="" i from_api from_ingress
+  for ((i = 0; i < ${#MONGO_HELLO_HEX}; i += 2)); do octal+=$(printf '\\%03o' "0x${MONGO_HELLO_HEX:i:2}"); done
+  from_api=$(docker exec "$WORKER2" docker exec "$api_cid" python -c "
+import socket
+s = socket.create_connection(('$mongo_ip', 27017), timeout=3)
+s.sendall(bytes.fromhex('$MONGO_HELLO_HEX'))
+print(b'maxWireVersion' in s.recv(65536))" 2>/dev/null || true)
+  from_ingress=$(docker exec "$WORKER1" docker exec "$cid" sh -c \
+    "printf '$octal' | curl -s -m 3 telnet://$mongo_ip:27017" 2>/dev/null | grep -ac maxWireVersion || true)
+  local ingress_answered=True detail
+  [ "$from_ingress" != 0 ] || ingress_answered=False
+  detail="ingress networks [$networks]; a MongoDB hello to mongo's $mongo_ip:27017 gets a MongoDB reply from the api container: $from_api, from the ingress container: $ingress_answered"
+  if [[ " $networks " != *" $back_net "* ]] && [ "$from_api" = True ] && [ "$from_ingress" = 0 ]; then
+    pass "ingress cannot reach the database by address: $detail"
+  else
+    fail "ingress address isolation: $detail"
+  fi
+}
+
+check_mongo_auth() {
+  local cid out rc=0
+  cid=$(task_container "$MANAGER" mongo || true)
+  [ -n "$cid" ] || { fail "no mongo container on $MANAGER"; return; }
+  out=$(docker exec "$MANAGER" docker exec "$cid" mongosh --quiet --eval \
+    'db.adminCommand({listDatabases: 1})' 2>&1) || rc=$?
+  out=$(grep -Eim1 'requires authentication|unauthorized|code.{0,4}13' <<<"$out" | cut -c1-120 || true)
+  if [ "$rc" != 0 ] && [ -n "$out" ]; then
+    pass "MongoDB refuses unauthenticated commands: mongosh listDatabases -> exit $rc: $out"
+  else
+    fail "MongoDB answered an unauthenticated listDatabases (exit $rc)"
+  fi
+}
+
+check_mongo_limits() {
+  local spec cid real
+  spec=$(docker exec "$MANAGER" docker service inspect -f \
+    '{{with .Spec.TaskTemplate.Resources}}{{with .Limits}}{{.NanoCPUs}} {{.MemoryBytes}}{{end}}{{end}}' \
+    "${STACK_NAME}_mongo" 2>/dev/null || true)
+  cid=$(task_container "$MANAGER" mongo || true)
+  real=$(docker exec "$MANAGER" docker inspect -f '{{.HostConfig.NanoCpus}} {{.HostConfig.Memory}}' \
+    "$cid" 2>/dev/null || true)
+  local cpus=${spec%% *} mem=${spec##* }
+  if [ -n "$spec" ] && [ "${cpus:-0}" -gt 0 ] && [ "${mem:-0}" -gt 0 ] && [ "$real" = "$spec" ]; then
+    pass "mongo resource limits: cpus $(awk -v n="$cpus" 'BEGIN {print n / 1e9}'), memory $((mem / 1048576)) MiB (service spec and running container agree)"
+  else
+    fail "mongo resource limits: service '$spec', container '$real'"
+  fi
+}
+
+cmd_verify() {
+  step "verify: the stack $STACK_NAME against its requirements (PASS/FAIL per line)"
+  local node
+  for node in "${NODES[@]}"; do require_node "$node"; done
+  WORK=$(mktemp -d)
+  trap 'rm -rf "$WORK"' EXIT
+  wait_ready || true
+  check_converged
+  check_placement
+  check_ports
+  check_redirect
+  check_tls_headers
+  check_crud
+  check_ingress_isolated
+  check_mongo_auth
+  check_mongo_limits
+  printf '\nverify: %d checks, %d failed\n' "$CHECKS" "$FAILED"
+  [ "$FAILED" -eq 0 ]
+}
+
+# --- status, down, all, help --------------------------------------------------------------------
+cmd_status() {
+  step "status: nodes, services and tasks of $STACK_NAME"
+  require_node "$MANAGER"
+  on "$MANAGER" docker node ls
+  on "$MANAGER" docker service ls
+  on "$MANAGER" docker stack ps --filter desired-state=running "$STACK_NAME"
+}
+
+cmd_down() {
+  step "down: remove stack $STACK_NAME, the nodes and network $NODE_NETWORK"
+  if [ "$(node_state "$MANAGER")" = running ] && [ "$(swarm_state "$MANAGER")" = active ]; then
+    on "$MANAGER" docker stack rm "$STACK_NAME" || true
+  fi
+  local node existing=()
+  for node in "${NODES[@]}"; do
+    [ "$(node_state "$node")" = missing ] || existing+=("$node")
+  done
+  if [ "${#existing[@]}" -gt 0 ]; then
+    # -v: also each node's /var/lib/docker volume (its images, swarm state, MongoDB data)
+    run docker rm -f -v "${existing[@]}"
+  else
+    info "no nodes to remove"
+  fi
+  if quietly docker network inspect "$NODE_NETWORK"; then
+    run docker network rm "$NODE_NETWORK"
+  else
+    info "network $NODE_NETWORK already gone"
+  fi
+  info "kept: $SECRETS_DIR (delete it for new credentials) and the image $API_IMAGE"
+}
+
+cmd_all() {
+  local start=$SECONDS
+  cmd_nodes
+  cmd_swarm
+  cmd_labels
+  cmd_secrets
+  cmd_build
+  cmd_push
+  cmd_deploy
+  local rc=0
+  cmd_verify || rc=$?
+  printf '\nall: finished in %d s\n' "$((SECONDS - start))"
+  return "$rc"
+}
+
+cmd_help() {
+  cat <<EOF
+usage: stack/swarm.sh COMMAND
+
+Deploys the usersapi stack ($STACK_NAME) on a three-node swarm of docker-in-docker nodes.
+
+commands (all = nodes swarm labels secrets build push deploy verify):
+  nodes    create $MANAGER, $WORKER1 (publishes $HTTP_PORT and $HTTPS_PORT) and $WORKER2
+           from $DIND_IMAGE on the bridge network $NODE_NETWORK
+  swarm    init the swarm on $MANAGER, join the two workers
+  labels   app=database on $MANAGER, app=ingress on $WORKER1, app=api on $WORKER2
+  secrets  MongoDB root password and self-signed TLS certificate in SECRETS_DIR (once)
+  build    docker build (BuildKit) of the API image as API_IMAGE
+  push     docker push API_IMAGE
+  deploy   copy the stack file, nginx.conf and secrets to $MANAGER, docker stack deploy,
+           wait until every service has its replicas
+  verify   check the running stack; one PASS/FAIL line per check, non-zero exit on a FAIL
+  status   docker node ls, docker service ls, docker stack ps
+  down     remove the stack, the nodes and their network
+  all      every step from nodes to verify, in order
+  help     this text
+
+settings (environment variables; current value, default in brackets):
+  STACK_NAME      $STACK_NAME  [semana4]
+  VERSION         $VERSION  [version in pyproject.toml]
+  DOCKERHUB_USER  $DOCKERHUB_USER  [usersapi]
+  REGISTRY        $REGISTRY  [docker.io/\$DOCKERHUB_USER]
+  IMAGE_NAME      $IMAGE_NAME  [usersapi]
+  API_IMAGE       $API_IMAGE  [\$REGISTRY/\$IMAGE_NAME:\$VERSION]
+  BASE_IMAGE      $BASE_IMAGE  [python:3.13-slim; only for the size report]
+  DIND_IMAGE      $DIND_IMAGE  [docker:27-dind]
+  DIND_RUN_OPTS   $DIND_RUN_OPTS  [--privileged]
+  NODE_PREFIX     $NODE_PREFIX  [\$STACK_NAME]
+  NODE_NETWORK    $NODE_NETWORK  [\$STACK_NAME-nodes]
+  HTTP_PORT       $HTTP_PORT  [80]
+  HTTPS_PORT      $HTTPS_PORT  [443]
+  PUBLIC_HOST     $PUBLIC_HOST  [localhost; certificate name and verify's target]
+  SECRETS_DIR     $SECRETS_DIR  [stack/.secrets]
+  MONGO_ROOT_USER $MONGO_ROOT_USER  [root]
+  TLS_DAYS        $TLS_DAYS  [365]
+  WAIT_TIMEOUT    $WAIT_TIMEOUT  [300; seconds deploy and verify wait at most]
+EOF
+}
+
+main() {
+  local cmd=${1:-help}
+  case $cmd in
+    nodes | swarm | labels | secrets | build | push | deploy | verify | status | down | all | help)
+      "cmd_$cmd" ;;
+    -h | --help) cmd_help ;;
+    *) cmd_help >&2; die "unknown command: $cmd" ;;
+  esac
+}
+
+main "$@"
