@@ -1,0 +1,357 @@
+#!/usr/bin/env bash
+# Evidence of the deployment: runs each step with stack/swarm.sh, keeps what the terminal
+# showed as a picture named after the step (evidencias/N-name.png, with the plain text beside
+# it as N-name.txt), takes headless Chromium screenshots of the API through the ingress, and
+# rewrites the "This run" section of evidencias/README.md (date, host, engine, images).
+#
+#   bash stack/evidence.sh                 every step, in the order of the task
+#   bash stack/evidence.sh verify browser  only these steps (their pictures are replaced)
+#   bash stack/evidence.sh help            the steps, their pictures and every setting
+#
+# Needs what stack/swarm.sh needs (docker, curl, openssl) plus python3 and a Chromium from
+# the system's packages (Debian/Ubuntu: apt-get install chromium fonts-dejavu-core).
+# A step that fails still leaves its picture; the script then stops (KEEP_GOING=1: goes on
+# with the next steps) and exits non-zero.
+set -euo pipefail
+
+STACK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+PROJECT_DIR=$(dirname "$STACK_DIR")
+cd "$PROJECT_DIR"  # commands are shown, and run, relative to the repository root
+
+# --- settings ------------------------------------------------------------------------------
+EVIDENCE_DIR=${EVIDENCE_DIR:-evidencias}  # relative to the repository root, or absolute
+EVIDENCE_STEPS=${EVIDENCE_STEPS:-build push swarm labels deploy services verify https browser}
+KEEP_GOING=${KEEP_GOING:-0}
+SWARM_SH=${SWARM_SH:-stack/swarm.sh}
+RENDERER=${RENDERER:-stack/evidence_render.py}
+PYTHON=${PYTHON:-python3}
+SEARCH_QUERY=${SEARCH_QUERY:-evidencia}  # what the browser searches for
+SEED_USER=${SEED_USER:-1}                # 1: create the demo user the search finds (once)
+EVIDENCE_MAX_LINES=${EVIDENCE_MAX_LINES:-100}
+EVIDENCE_MAX_COLS=${EVIDENCE_MAX_COLS:-160}
+BROWSER_WIDTH=${BROWSER_WIDTH:-1100}
+# Shared with stack/swarm.sh (same names, same defaults); exported so both agree.
+STACK_NAME=${STACK_NAME:-semana4}
+NODE_PREFIX=${NODE_PREFIX:-$STACK_NAME}
+HTTP_PORT=${HTTP_PORT:-80}
+HTTPS_PORT=${HTTPS_PORT:-443}
+PUBLIC_HOST=${PUBLIC_HOST:-localhost}
+export STACK_NAME NODE_PREFIX HTTP_PORT HTTPS_PORT PUBLIC_HOST
+export EVIDENCE_MAX_LINES EVIDENCE_MAX_COLS BROWSER_WIDTH
+
+MANAGER=$NODE_PREFIX-manager  # as stack/swarm.sh names it; swarm commands run in it
+HTTP_URL=http://$PUBLIC_HOST:$HTTP_PORT
+HTTPS_URL=https://$PUBLIC_HOST:$HTTPS_PORT
+DEMO_USER="{\"name\": \"Evidencia Semana4\", \"email\": \"$SEARCH_QUERY@example.com\", \"username\": \"$SEARCH_QUERY\"}"
+
+ALL_STEPS=(build push swarm labels deploy services verify https browser)
+# The pictures, in the order of the task (a step's number is the task's, not the run's).
+PICTURES=(2-dockerfile-build 2-registro-push 3-swarm-nodos 4-etiquetas 5-stack-servicios
+  "6-despliegue-$STACK_NAME" 7-verificacion 7-https-curl 7-navegador-api 7-navegador-redireccion)
+
+# --- helpers --------------------------------------------------------------------------------
+banner() { printf '\n### evidence %s: %s\n' "$1" "$2"; }
+info() { printf '    %s\n' "$*"; }
+die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
+
+quote_cmd() {  # a command as it could be pasted into a shell
+  local out="" arg
+  for arg in "$@"; do
+    if [[ $arg =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
+      out+=" $arg"
+    elif [[ $arg == *\'* && $arg != *[\"\$\`\\!]* ]]; then
+      out+=" \"$arg\""  # easier to read than '\'' for a script with single quotes
+    else
+      out+=" '${arg//\'/\'\\\'\'}'"
+    fi
+  done
+  printf '%s' "${out# }"
+}
+
+swarm_setting() {  # a setting's current value, as `stack/swarm.sh help` prints it
+  "$SWARM_SH" help 2>/dev/null | awk -v name="$1" '$1 == name {print $2; exit}' || true
+}
+
+# One picture: evidence_begin NAME TITLE, then capture CMD... for each command, then
+# evidence_end. After a command fails the rest of the picture's commands are skipped.
+evidence_begin() {
+  EV_NAME=$1 EV_TITLE=$2 EV_RC=0 EV_N=0
+  EV_BLOCKS=()
+  banner "$EV_NAME" "$EV_TITLE"
+}
+
+capture() {
+  [ "$EV_RC" -eq 0 ] || return 0
+  local shown out rc
+  shown=$(quote_cmd "$@")
+  EV_N=$((EV_N + 1))
+  out=$WORK/$EV_NAME.$EV_N.out
+  printf '$ %s\n' "$shown"
+  set +e
+  "$@" </dev/null 2>&1 | tee "$out"
+  rc=${PIPESTATUS[0]}
+  set -e
+  [ ! -s "$out" ] || [ -z "$(tail -c 1 "$out")" ] || echo  # output without a final newline
+  EV_BLOCKS+=(--block "$shown" "$out" "$rc")
+  EV_RC=$rc
+}
+
+evidence_end() {
+  "$PYTHON" "$RENDERER" text --title "$EV_TITLE" \
+    --out "$EVIDENCE_DIR/$EV_NAME.png" --txt "$EVIDENCE_DIR/$EV_NAME.txt" "${EV_BLOCKS[@]}" ||
+    { info "could not render $EVIDENCE_DIR/$EV_NAME.png"; return 2; }
+  [ "$EV_RC" -eq 0 ] || info "$EV_NAME: a command failed (exit status $EV_RC)"
+  return "$EV_RC"
+}
+
+# --- steps ------------------------------------------------------------------------------------
+step_build() {
+  evidence_begin 2-dockerfile-build "Dockerfile: the API image is built, with its size"
+  capture "$SWARM_SH" build
+  evidence_end
+}
+
+step_push() {
+  local image
+  image=$(swarm_setting API_IMAGE)
+  evidence_begin 2-registro-push "the API image is pushed to the registry"
+  capture "$SWARM_SH" push
+  [ -z "$image" ] || capture docker image inspect --format '{{join .RepoDigests "\n"}}' "$image"
+  evidence_end
+}
+
+step_swarm() {
+  evidence_begin 3-swarm-nodos "swarm: a manager and two worker nodes"
+  capture "$SWARM_SH" nodes
+  capture "$SWARM_SH" swarm
+  capture docker exec "$MANAGER" docker info --format \
+    'swarm {{.Swarm.LocalNodeState}}: {{.Swarm.Nodes}} nodes, {{.Swarm.Managers}} manager, node {{.Name}} is manager: {{.Swarm.ControlAvailable}}'
+  evidence_end
+}
+
+step_labels() {
+  evidence_begin 4-etiquetas "node labels: app=database, app=ingress, app=api"
+  capture "$SWARM_SH" labels
+  capture docker exec "$MANAGER" sh -c \
+    "docker node ls -q | xargs docker node inspect --format '{{.Description.Hostname}}  role={{.Spec.Role}}  labels={{.Spec.Labels}}'"
+  evidence_end
+}
+
+step_deploy() {
+  evidence_begin "6-despliegue-$STACK_NAME" "the stack is deployed as $STACK_NAME"
+  capture "$SWARM_SH" secrets
+  capture "$SWARM_SH" deploy
+  capture docker exec "$MANAGER" docker stack ls
+  evidence_end
+}
+
+step_services() {
+  evidence_begin 5-stack-servicios "the services of $STACK_NAME and where they run (placement)"
+  capture docker exec "$MANAGER" docker stack services "$STACK_NAME"
+  capture docker exec "$MANAGER" sh -c \
+    "docker service ls -q --filter label=com.docker.stack.namespace=$STACK_NAME | xargs docker service inspect --format '{{.Spec.Name}}  placement={{with .Spec.TaskTemplate.Placement}}{{.Constraints}}{{end}}'"
+  capture docker exec "$MANAGER" docker stack ps --filter desired-state=running \
+    --format 'table {{.Name}}\t{{.Node}}\t{{.CurrentState}}\t{{.Ports}}' "$STACK_NAME"
+  evidence_end
+}
+
+step_verify() {
+  evidence_begin 7-verificacion "verification of the running stack (PASS/FAIL per check)"
+  capture "$SWARM_SH" verify
+  evidence_end
+}
+
+step_https() {
+  evidence_begin 7-https-curl "the API over https through the ingress, and http redirected to https"
+  if [ "$SEED_USER" = 1 ]; then
+    # 201 the first time, 409 (email in use) once the demo user exists: both are fine.
+    capture curl -sS -k -m 10 -X POST -H 'Content-Type: application/json' --data "$DEMO_USER" \
+      -w '\nHTTP %{http_code}\n' "$HTTPS_URL/users"
+  fi
+  capture curl -sS -I -m 10 "$HTTP_URL/users?limit=5"
+  capture curl -sS -k -i -m 10 "$HTTPS_URL/users/search?q=$SEARCH_QUERY"
+  evidence_end
+}
+
+step_browser() {
+  local rc=0 expect_text=()
+  [ "$SEED_USER" = 1 ] && expect_text=(--expect-text "$SEARCH_QUERY")
+  banner 7-navegador-api "headless Chromium opens the search over https"
+  "$PYTHON" "$RENDERER" url --insecure --expect-status 200 --expect-scheme https "${expect_text[@]}" \
+    --title "Chromium: GET /users/search?q=$SEARCH_QUERY over https through the ingress" \
+    --url "$HTTPS_URL/users/search?q=$SEARCH_QUERY" \
+    --out "$EVIDENCE_DIR/7-navegador-api.png" --txt "$EVIDENCE_DIR/7-navegador-api.txt" || rc=$?
+  banner 7-navegador-redireccion "headless Chromium opens http:// and lands on https://"
+  "$PYTHON" "$RENDERER" url --insecure --expect-status 200 --expect-scheme https --expect-redirect \
+    --title "Chromium: http://$PUBLIC_HOST:$HTTP_PORT is redirected to https" \
+    --url "$HTTP_URL/users?limit=5" \
+    --out "$EVIDENCE_DIR/7-navegador-redireccion.png" \
+    --txt "$EVIDENCE_DIR/7-navegador-redireccion.txt" || rc=$?
+  return "$rc"
+}
+
+# --- README -----------------------------------------------------------------------------------
+README_BEGIN='<!-- BEGIN this-run: written by stack/evidence.sh; edits here are replaced -->'
+README_END='<!-- END this-run -->'
+
+or_unknown() { local out; out=$("$@" 2>/dev/null) && [ -n "$out" ] && printf '%s' "$out" || printf 'unknown'; }
+
+this_run_section() {
+  local name txt when host rc result image base dind revision dirty=""
+  image=$(swarm_setting API_IMAGE)
+  base=$(swarm_setting BASE_IMAGE)
+  dind=$(swarm_setting DIND_IMAGE)
+  revision=$(or_unknown git rev-parse --short HEAD)
+  local pathspec=(.)  # changes other than the evidence this run is writing
+  [[ $EVIDENCE_DIR == /* ]] || pathspec+=(":(exclude)$EVIDENCE_DIR")
+  [ -z "$(git status --porcelain -- "${pathspec[@]}" 2>/dev/null)" ] || dirty=", with uncommitted changes"
+  echo "$README_BEGIN"
+  echo "## This run"
+  echo
+  echo "Last written by \`stack/evidence.sh\` on $(date -u '+%Y-%m-%d %H:%M:%S') UTC, steps: $RUN_STEPS;" \
+    "result: $RUN_RESULT."
+  echo
+  echo "| picture | captured (UTC) | on host | result |"
+  echo "| --- | --- | --- | --- |"
+  for name in "${PICTURES[@]}"; do
+    txt=$EVIDENCE_DIR/$name.txt
+    if [ -f "$EVIDENCE_DIR/$name.png" ] && [ -f "$txt" ]; then
+      when="" host="" rc=""
+      read -r when host rc < <(sed -n 's/^# captured \([^ ]*\) on host \([^ ]*\) .*(exit status \([0-9]*\)).*/\1 \2 \3/p' "$txt" | head -n 1) || true
+      if [ "${rc:-}" = 0 ]; then result=ok; else result="**failed** (exit status ${rc:-?})"; fi
+      echo "| [$name.png]($name.png) ([text]($name.txt)) | ${when:-?} | ${host:-?} | $result |"
+    else
+      echo "| $name.png | not captured yet | | |"
+    fi
+  done
+  echo
+  echo "Where and with what:"
+  echo
+  echo "- host: \`$(uname -n)\`, $(or_unknown sed -n 's/^PRETTY_NAME="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release), kernel $(uname -sr), $(uname -m)"
+  echo "- repository: commit \`$revision\`$dirty"
+  echo "- Docker engine on the host: $(or_unknown docker version --format 'server {{.Server.Version}} (API {{.Server.APIVersion}}, {{.Server.Os}}/{{.Server.Arch}}), client {{.Client.Version}}')"
+  echo "- swarm nodes: \`${dind:-?}\` containers ($(or_unknown docker image inspect --format '{{.Id}}' "${dind:-none}" | cut -c1-19)), engine inside the manager: $(or_unknown docker exec "$MANAGER" docker version --format '{{.Server.Version}}')"
+  echo "- API image: \`${image:-?}\` ($(or_unknown docker image inspect --format '{{.Id}}' "${image:-none}" | cut -c1-19), $(or_unknown docker image inspect --format '{{.Size}}' "${image:-none}" | awk '{ if ($1 + 0 > 0) printf "%d MB", $1 / 1000000; else print $1 }')), base \`${base:-?}\`"
+  echo "- images the services of \`$STACK_NAME\` run (from the swarm's service specs):"
+  local services
+  services=$(docker exec "$MANAGER" docker service ls --filter "label=com.docker.stack.namespace=$STACK_NAME" \
+    --format '{{.Name}} {{.Image}}' 2>/dev/null || true)
+  if [ -n "$services" ]; then
+    while read -r name image; do
+      echo "  - \`$name\`: \`$(docker exec "$MANAGER" docker service inspect --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}' "$name" 2>/dev/null || echo "$image")\`"
+    done <<<"$services"
+  else
+    echo "  - (no stack running when the README was written)"
+  fi
+  echo "- browser for the screenshots and renderer: $(or_unknown "$PYTHON" "$RENDERER" browser-version) headless, $(or_unknown "$PYTHON" --version)"
+  echo "- settings: STACK_NAME=$STACK_NAME NODE_PREFIX=$NODE_PREFIX HTTP_PORT=$HTTP_PORT HTTPS_PORT=$HTTPS_PORT PUBLIC_HOST=$PUBLIC_HOST SEARCH_QUERY=$SEARCH_QUERY"
+  echo "$README_END"
+}
+
+write_readme() {
+  local readme=$EVIDENCE_DIR/README.md section=$WORK/this-run.md
+  this_run_section >"$section"
+  if [ -f "$readme" ] && grep -qF "$README_BEGIN" "$readme" && grep -qF "$README_END" "$readme"; then
+    awk -v begin="$README_BEGIN" -v end="$README_END" -v section="$section" '
+      $0 == begin { while ((getline line < section) > 0) print line; skip = 1; next }
+      $0 == end { skip = 0; next }
+      !skip { print }' "$readme" >"$WORK/README.md"
+  else
+    { [ ! -f "$readme" ] || { cat "$readme"; echo; }; cat "$section"; } >"$WORK/README.md"
+  fi
+  cat "$WORK/README.md" >"$readme"
+  info "updated $readme (section \"This run\")"
+}
+
+# --- main -------------------------------------------------------------------------------------
+step_lines() {
+  local deploy=6-despliegue-$STACK_NAME.png
+  printf '  %-9s %-28s %s\n' \
+    build 2-dockerfile-build.png "$SWARM_SH build (image build, docker image ls)" \
+    push 2-registro-push.png "$SWARM_SH push, the pushed image's digest" \
+    swarm 3-swarm-nodos.png "$SWARM_SH nodes, swarm (docker node ls)" \
+    labels 4-etiquetas.png "$SWARM_SH labels, every node's labels" \
+    deploy "$deploy" "$SWARM_SH secrets, deploy, docker stack ls" \
+    services 5-stack-servicios.png "docker stack services, placement, docker stack ps" \
+    verify 7-verificacion.png "$SWARM_SH verify (PASS/FAIL lines)" \
+    https 7-https-curl.png "curl: demo user, http -> 301, search over https" \
+    browser 7-navegador-api.png "headless Chromium: the search JSON over https" \
+    "" 7-navegador-redireccion.png "headless Chromium: http:// lands on https://"
+}
+
+usage() {
+  cat <<EOF
+usage: bash stack/evidence.sh [STEP...]
+
+Runs the deployment step by step with $SWARM_SH and keeps a picture of each step in
+$EVIDENCE_DIR/ (PNG, plus the same text as .txt), then updates $EVIDENCE_DIR/README.md.
+
+steps (default, in this order: $EVIDENCE_STEPS):
+$(step_lines)
+
+settings (environment variables; current value, default in brackets):
+  EVIDENCE_DIR        $EVIDENCE_DIR  [evidencias, relative to the repository]
+  EVIDENCE_STEPS      $EVIDENCE_STEPS
+  KEEP_GOING          $KEEP_GOING  [0: stop at the first failing step; 1: go on]
+  SWARM_SH            $SWARM_SH  [stack/swarm.sh]
+  RENDERER            $RENDERER  [stack/evidence_render.py]
+  PYTHON              $PYTHON  [python3]
+  CHROMIUM            ${CHROMIUM:-}  [first of chromium, chromium-browser, google-chrome on PATH]
+  SEARCH_QUERY        $SEARCH_QUERY  [evidencia]
+  SEED_USER           $SEED_USER  [1: create the demo user $SEARCH_QUERY@example.com if missing]
+  EVIDENCE_MAX_LINES  $EVIDENCE_MAX_LINES  [100: longer outputs keep head and tail, marked]
+  EVIDENCE_MAX_COLS   $EVIDENCE_MAX_COLS  [160: longer lines wrap, marked with ↪]
+  BROWSER_WIDTH       $BROWSER_WIDTH  [1100: window width of the browser screenshots]
+  RENDER_SCALE        ${RENDER_SCALE:-1}  [1: device pixels per CSS pixel]
+  shared with stack/swarm.sh: STACK_NAME=$STACK_NAME NODE_PREFIX=$NODE_PREFIX HTTP_PORT=$HTTP_PORT
+  HTTPS_PORT=$HTTPS_PORT PUBLIC_HOST=$PUBLIC_HOST (and the rest of its settings, passed on)
+EOF
+}
+
+preflight() {
+  local cmd
+  for cmd in docker curl "$PYTHON"; do
+    command -v "$cmd" >/dev/null || die "$cmd is not installed"
+  done
+  [ -x "$SWARM_SH" ] || die "$SWARM_SH is missing or not executable"
+  "$PYTHON" "$RENDERER" check || die "cannot render: install chromium and fonts-dejavu-core (apt-get install -y chromium fonts-dejavu-core)"
+}
+
+main() {
+  case ${1:-} in
+    help | -h | --help) usage; return 0 ;;
+  esac
+  local steps=() step known failed=() rc
+  if [ "$#" -gt 0 ]; then steps=("$@"); else read -r -a steps <<<"$EVIDENCE_STEPS"; fi
+  for step in "${steps[@]}"; do
+    known=0
+    for rc in "${ALL_STEPS[@]}"; do [ "$rc" = "$step" ] && known=1; done
+    [ "$known" = 1 ] || { usage >&2; die "unknown step: $step"; }
+  done
+  WORK=$(mktemp -d)
+  trap 'rm -rf "$WORK"' EXIT
+  banner preflight "tools and evidence directory"
+  preflight
+  mkdir -p "$EVIDENCE_DIR"
+  info "pictures go to $EVIDENCE_DIR/ (from $PROJECT_DIR)"
+
+  RUN_STEPS="${steps[*]}"
+  for step in "${steps[@]}"; do
+    rc=0
+    "step_$step" || rc=$?
+    if [ "$rc" -ne 0 ]; then
+      failed+=("$step")
+      if [ "$KEEP_GOING" != 1 ]; then
+        info "step $step failed (exit status $rc): stopping (KEEP_GOING=1 goes on)"
+        break
+      fi
+    fi
+  done
+  if [ "${#failed[@]}" -eq 0 ]; then RUN_RESULT="every step passed"; else RUN_RESULT="failed: ${failed[*]}"; fi
+  banner README "$EVIDENCE_DIR/README.md"
+  write_readme
+  printf '\nevidence: %s; pictures in %s/\n' "$RUN_RESULT" "$EVIDENCE_DIR"
+  [ "${#failed[@]}" -eq 0 ]
+}
+
+main "$@"
