@@ -398,7 +398,7 @@ def now() -> datetime:
 
 
 def to_object_id(user_id: str) -> ObjectId | None:
-    return ObjectId(user_id) if ObjectId.is_valid(user_id) and len(user_id) == 24 else None
+    return ObjectId(user_id) if ObjectId.is_valid(user_id) else None
 
 
 def to_user(doc: Document) -> User:
@@ -416,15 +416,19 @@ def contains_text(text: str) -> Document:
 
 def first_failure(exc: BulkWriteError) -> int:
     """Index of the first write of a bulk write that failed."""
+    return int(first_write_error(exc).get("index", 0))
+
+
+def first_write_error(exc: BulkWriteError) -> Mapping[str, Any]:
     errors = exc.details.get("writeErrors") or [{}]
-    return int(errors[0].get("index", 0))
+    error: Mapping[str, Any] = errors[0]
+    return error
 
 
 def taken_meanwhile(exc: BulkWriteError, docs: list[Document]) -> Exception:
     """The error to answer when the unique index stopped a batch: a 409 naming the email a
     concurrent request took since the batch was checked, or EXC itself for any other cause."""
-    errors = exc.details.get("writeErrors") or [{}]
-    if errors[0].get("code") != DUPLICATE_KEY:
+    if first_write_error(exc).get("code") != DUPLICATE_KEY:
         return exc
     index = first_failure(exc)
     message = f"email {docs[index]['email']} was taken by a concurrent request"
@@ -486,12 +490,6 @@ class UserStore:
 
     def ping(self) -> None:
         self.client().admin.command("ping")
-
-    def close(self) -> None:
-        with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
 
     # -- reads -------------------------------------------------------------------------
     def get(self, user_id: str) -> Document | None:
@@ -865,7 +863,7 @@ def openapi_document(max_batch: int) -> Document:
     id_schema = {"type": "string", "pattern": f"^{ObjectIdConverter.regex}$"}
     user_id = [{"name": "user_id", "in": "path", "required": True, "schema": id_schema}]
     page = ref(UserPage)
-    write = (400, 405, 413, 415, 422, 503)
+    write_errors = (400, 405, 413, 415, 422, 503)
     return {
         "openapi": "3.1.0",
         "info": {"title": "Users API", "version": "1.0.0"},
@@ -874,13 +872,13 @@ def openapi_document(max_batch: int) -> Document:
                 "post": operation(
                     "Create one user or a batch",
                     (201, one_or_many(User, max_batch)),
-                    (*write, 409),
+                    (*write_errors, 409),
                     one_or_many(UserIn, max_batch),
                 ),
                 "patch": operation(
                     "Edit one user or a batch, by id",
                     (200, one_or_many(User, max_batch)),
-                    (*write, 404, 409),
+                    (*write_errors, 404, 409),
                     one_or_many(UserEdit, max_batch),
                 ),
                 "get": operation(
@@ -898,7 +896,11 @@ def openapi_document(max_batch: int) -> Document:
             "/users/{user_id}": {
                 "get": operation("One user", (200, ref(User)), (404, 503), parameters=user_id),
                 "patch": operation(
-                    "Edit one user", (200, ref(User)), (*write, 404, 409), ref(UserChanges), user_id
+                    "Edit one user",
+                    (200, ref(User)),
+                    (*write_errors, 404, 409),
+                    ref(UserChanges),
+                    user_id,
                 ),
                 "delete": operation("Delete one user", (204, None), (404, 503), parameters=user_id),
             },
@@ -938,9 +940,8 @@ def create_app(config: Settings | None = None) -> Flask:
     return app
 
 
-def main(argv: list[str] | None = None) -> None:
+def main() -> None:
     """Development server on port 8000 (PORT); an in-memory store when nothing is set."""
-    del argv
     if not has_mongo_settings(os.environ):
         os.environ["MONGO_URI"] = IN_MEMORY_URI
         banner = "!" * 78
