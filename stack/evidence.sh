@@ -14,8 +14,10 @@
 # with the next steps) and exits non-zero.
 set -euo pipefail
 
-STACK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-PROJECT_DIR=$(dirname "$STACK_DIR")
+# stack/swarm.sh's settings (STACK_NAME, API_IMAGE, HTTP_PORT, MANAGER, ...), STACK_DIR,
+# PROJECT_DIR and its output helpers: sourced, it defines them and runs no step.
+# shellcheck source=stack/swarm.sh
+source "$(dirname "${BASH_SOURCE[0]}")/swarm.sh"
 cd "$PROJECT_DIR"  # commands are shown, and run, relative to the repository root
 
 # --- settings ------------------------------------------------------------------------------
@@ -30,18 +32,8 @@ SEED_USER=${SEED_USER:-1}                # 1: create the demo user the search fi
 EVIDENCE_MAX_LINES=${EVIDENCE_MAX_LINES:-100}
 EVIDENCE_MAX_COLS=${EVIDENCE_MAX_COLS:-160}
 BROWSER_WIDTH=${BROWSER_WIDTH:-1100}
-# Shared with stack/swarm.sh (same names, same defaults); exported so both agree.
-STACK_NAME=${STACK_NAME:-semana4}
-NODE_PREFIX=${NODE_PREFIX:-$STACK_NAME}
-HTTP_PORT=${HTTP_PORT:-80}
-HTTPS_PORT=${HTTPS_PORT:-443}
-PUBLIC_HOST=${PUBLIC_HOST:-localhost}
-export STACK_NAME NODE_PREFIX HTTP_PORT HTTPS_PORT PUBLIC_HOST
 export EVIDENCE_MAX_LINES EVIDENCE_MAX_COLS BROWSER_WIDTH
 
-MANAGER=$NODE_PREFIX-manager  # as stack/swarm.sh names it; swarm commands run in it
-HTTP_URL=http://$PUBLIC_HOST:$HTTP_PORT
-HTTPS_URL=https://$PUBLIC_HOST:$HTTPS_PORT
 DEMO_USER="{\"name\": \"Evidencia Semana4\", \"email\": \"$SEARCH_QUERY@example.com\", \"username\": \"$SEARCH_QUERY\"}"
 
 ALL_STEPS=(build push swarm labels deploy services verify https browser)
@@ -51,26 +43,6 @@ PICTURES=(2-dockerfile-build 2-registro-push 3-swarm-nodos 4-etiquetas 5-stack-s
 
 # --- helpers --------------------------------------------------------------------------------
 banner() { printf '\n### evidence %s: %s\n' "$1" "$2"; }
-info() { printf '    %s\n' "$*"; }
-die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
-
-quote_cmd() {  # a command as it could be pasted into a shell
-  local out="" arg
-  for arg in "$@"; do
-    if [[ $arg =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
-      out+=" $arg"
-    elif [[ $arg == *\'* && $arg != *[\"\$\`\\!]* ]]; then
-      out+=" \"$arg\""  # easier to read than '\'' for a script with single quotes
-    else
-      out+=" '${arg//\'/\'\\\'\'}'"
-    fi
-  done
-  printf '%s' "${out# }"
-}
-
-swarm_setting() {  # a setting's current value, as `stack/swarm.sh help` prints it
-  "$SWARM_SH" help 2>/dev/null | awk -v name="$1" '$1 == name {print $2; exit}' || true
-}
 
 # One picture: evidence_begin NAME TITLE, then capture CMD... for each command, then
 # evidence_end. After a command fails the rest of the picture's commands are skipped.
@@ -112,11 +84,9 @@ step_build() {
 }
 
 step_push() {
-  local image
-  image=$(swarm_setting API_IMAGE)
   evidence_begin 2-registro-push "the API image is pushed to the registry"
   capture "$SWARM_SH" push
-  [ -z "$image" ] || capture docker image inspect --format '{{join .RepoDigests "\n"}}' "$image"
+  capture docker image inspect --format '{{join .RepoDigests "\n"}}' "$API_IMAGE"
   evidence_end
 }
 
@@ -197,10 +167,7 @@ README_END='<!-- END this-run -->'
 or_unknown() { local out; out=$("$@" 2>/dev/null) && [ -n "$out" ] && printf '%s' "$out" || printf 'unknown'; }
 
 this_run_section() {
-  local name txt when host rc result image base dind revision dirty=""
-  image=$(swarm_setting API_IMAGE)
-  base=$(swarm_setting BASE_IMAGE)
-  dind=$(swarm_setting DIND_IMAGE)
+  local name txt when host rc result image revision dirty=""
   revision=$(or_unknown git rev-parse --short HEAD)
   local pathspec=(.)  # changes other than the evidence this run is writing
   [[ $EVIDENCE_DIR == /* ]] || pathspec+=(":(exclude)$EVIDENCE_DIR")
@@ -230,8 +197,8 @@ this_run_section() {
   echo "- host: \`$(uname -n)\`, $(or_unknown sed -n 's/^PRETTY_NAME="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release), kernel $(uname -sr), $(uname -m)"
   echo "- repository: commit \`$revision\`$dirty"
   echo "- Docker engine on the host: $(or_unknown docker version --format 'server {{.Server.Version}} (API {{.Server.APIVersion}}, {{.Server.Os}}/{{.Server.Arch}}), client {{.Client.Version}}')"
-  echo "- swarm nodes: \`${dind:-?}\` containers ($(or_unknown docker image inspect --format '{{.Id}}' "${dind:-none}" | cut -c1-19)), engine inside the manager: $(or_unknown docker exec "$MANAGER" docker version --format '{{.Server.Version}}')"
-  echo "- API image: \`${image:-?}\` ($(or_unknown docker image inspect --format '{{.Id}}' "${image:-none}" | cut -c1-19), $(or_unknown docker image inspect --format '{{.Size}}' "${image:-none}" | awk '{ if ($1 + 0 > 0) printf "%d MB", $1 / 1000000; else print $1 }')), base \`${base:-?}\`"
+  echo "- swarm nodes: \`$DIND_IMAGE\` containers ($(or_unknown docker image inspect --format '{{.Id}}' "$DIND_IMAGE" | cut -c1-19)), engine inside the manager: $(or_unknown docker exec "$MANAGER" docker version --format '{{.Server.Version}}')"
+  echo "- API image: \`$API_IMAGE\` ($(or_unknown docker image inspect --format '{{.Id}}' "$API_IMAGE" | cut -c1-19), $(or_unknown docker image inspect --format '{{.Size}}' "$API_IMAGE" | awk '{ if ($1 + 0 > 0) printf "%d MB", $1 / 1000000; else print $1 }')), base \`$BASE_IMAGE\`"
   echo "- images the services of \`$STACK_NAME\` run (from the swarm's service specs):"
   local services
   services=$(docker exec "$MANAGER" docker service ls --filter "label=com.docker.stack.namespace=$STACK_NAME" \

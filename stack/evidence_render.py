@@ -92,16 +92,20 @@ def chromium_binary() -> str:
     )
 
 
+def command_output(args: list[str]) -> str:
+    """What a short command printed, or "" if it could not run."""
+    try:
+        return subprocess.run(
+            args, capture_output=True, text=True, timeout=30, check=False
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 def chromium_version() -> str:
     try:
-        out = subprocess.run(
-            [chromium_binary(), "--version"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError, RenderError):
+        out = command_output([chromium_binary(), "--version"])
+    except RenderError:
         return "Chromium (version unknown)"
     line = out.splitlines()[-1] if out else ""
     m = re.match(r"(\S*(?:Chromium|Chrome)\S*\s+[\d.]+)", line)  # drop "built on ..."
@@ -690,16 +694,7 @@ def cmd_url(args: argparse.Namespace) -> int:
 def cmd_check(_args: argparse.Namespace) -> int:
     path = chromium_binary()
     print(f"    browser: {path} ({chromium_version()})")
-    try:
-        font = subprocess.run(
-            ["fc-match", "DejaVu Sans Mono"],  # noqa: S607 (fontconfig's tool, from PATH)
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        font = ""
+    font = command_output(["fc-match", "DejaVu Sans Mono"])  # fontconfig's tool, from PATH
     if "DejaVu" in font:
         print(f"    font: {font}")
     else:

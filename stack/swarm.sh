@@ -49,17 +49,21 @@ step() { printf '\n==> %s\n' "$*"; }
 info() { printf '    %s\n' "$*"; }
 die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
 
-show_cmd() {  # print a command as it could be pasted into a shell
-  local out="+" arg
+quote_cmd() {  # a command as it could be pasted into a shell
+  local out="" arg
   for arg in "$@"; do
     if [[ $arg =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
       out+=" $arg"
+    elif [[ $arg == *\'* && $arg != *[\"\$\`\\!]* ]]; then
+      out+=" \"$arg\""  # easier to read than '\'' for an argument with single quotes
     else
       out+=" '${arg//\'/\'\\\'\'}'"
     fi
   done
-  printf '%s\n' "$out"
+  printf '%s' "${out# }"
 }
+
+show_cmd() { printf '+ %s\n' "$(quote_cmd "$@")"; }
 
 run() { show_cmd "$@"; "$@"; }
 
@@ -675,4 +679,7 @@ main() {
   esac
 }
 
-main "$@"
+# Sourced (as stack/evidence.sh does), the script only defines its settings and functions.
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+  main "$@"
+fi
