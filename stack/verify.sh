@@ -1,0 +1,254 @@
+# shellcheck shell=bash
+# The verify step of stack/swarm.sh, which sources this file: checks of the running stack,
+# one PASS/FAIL line each. It uses the settings and helpers swarm.sh defines.
+
+# --- verify -----------------------------------------------------------------------------------
+FAILED=0
+CHECKS=0
+pass() { CHECKS=$((CHECKS + 1)); printf 'PASS  %s\n' "$*"; }
+fail() { CHECKS=$((CHECKS + 1)); FAILED=$((FAILED + 1)); printf 'FAIL  %s\n' "$*"; }
+
+HTTPS_URL=https://$PUBLIC_HOST:$HTTPS_PORT
+HTTP_URL=http://$PUBLIC_HOST:$HTTP_PORT
+
+# api METHOD PATH [JSON]: prints the status code, then the body, separated by a newline
+api() {
+  local method=$1 path=$2 body=${3:-}
+  local args=(-sk -m 10 -X "$method" -w '%{http_code}' -o "$WORK/body")
+  [ -n "$body" ] && args+=(-H 'Content-Type: application/json' --data "$body")
+  local code
+  code=$(curl "${args[@]}" "$HTTPS_URL$path" 2>/dev/null) || code=000
+  printf '%s\n%s\n' "$code" "$(cat "$WORK/body" 2>/dev/null)"
+}
+
+task_container() {  # task_container NODE SERVICE: id of the service's running container there
+  docker exec "$1" docker ps -q --filter "label=com.docker.swarm.service.name=${STACK_NAME}_$2" |
+    head -n 1
+}
+
+check_converged() {
+  local states bad
+  states=$(service_states 2>/dev/null || true)
+  bad=$(awk '$2 != $3 || $3 == 0 || $4 == "updating" || $4 == "rollback_started" || $4 == "paused" {print $1 " " $2 "/" $3}' <<<"$states")
+  local summary
+  summary=$(awk '{printf "%s%s %s/%s", (NR > 1 ? ", " : ""), $1, $2, $3}' <<<"$states")
+  if [ "$(wc -l <<<"$states")" -eq 3 ] && [ -n "$states" ] && [ -z "$bad" ]; then
+    pass "services converged: $summary"
+  else
+    fail "services not converged: ${summary:-no services}"
+  fi
+}
+
+check_placement() {
+  local pair svc want line ok=1 detail=""
+  for pair in mongo:database api:api ingress:ingress; do
+    svc=${pair%%:*}; want=${pair#*:}
+    local nodes
+    nodes=$(docker exec "$MANAGER" docker service ps --filter desired-state=running \
+      --format '{{.Node}}' "${STACK_NAME}_$svc" 2>/dev/null || true)
+    [ -n "$nodes" ] || { ok=0; detail+=" $svc:no-tasks"; continue; }
+    for line in $nodes; do
+      local label
+      label=$(docker exec "$MANAGER" docker node inspect -f '{{index .Spec.Labels "app"}}' "$line")
+      [ "$label" = "$want" ] || ok=0
+      detail+=" $svc@$line(app=$label)"
+    done
+  done
+  if [ "$ok" = 1 ]; then pass "placement by label:$detail"; else fail "placement by label:$detail"; fi
+}
+
+check_ports() {
+  local svc ports ok=1 detail=""
+  for svc in mongo api ingress; do
+    ports=$(docker exec "$MANAGER" docker service inspect -f \
+      '{{range .Spec.EndpointSpec.Ports}}{{.PublishedPort}}/{{.PublishMode}} {{end}}' \
+      "${STACK_NAME}_$svc" 2>/dev/null || echo '?')
+    ports=$(xargs <<<"$ports")
+    detail+=" $svc=[${ports}]"
+    if [ "$svc" = ingress ]; then
+      [ "$ports" = "$HTTP_PORT/host $HTTPS_PORT/host" ] || ok=0
+    else
+      [ -z "$ports" ] || ok=0
+    fi
+  done
+  if [ "$ok" = 1 ]; then pass "only ingress publishes ports:$detail"; else fail "published ports:$detail"; fi
+}
+
+check_redirect() {
+  local out suffix=""
+  [ "$HTTPS_PORT" = 443 ] || suffix=":$HTTPS_PORT"
+  local want="301 https://$PUBLIC_HOST$suffix/users?limit=1"
+  out=$(curl -s -m 10 -o /dev/null -w '%{http_code} %{redirect_url}' "$HTTP_URL/users?limit=1" || true)
+  if [ "$out" = "$want" ]; then
+    pass "http redirects to https: GET $HTTP_URL/users?limit=1 -> $out"
+  else
+    fail "http redirect: GET $HTTP_URL/users?limit=1 -> '$out', expected '$want'"
+  fi
+}
+
+check_tls_headers() {
+  local hsts
+  hsts=$(curl -sk -m 10 -o /dev/null -D - "$HTTPS_URL/health" | tr -d '\r' |
+    grep -i '^strict-transport-security:' || true)
+  if [ -n "$hsts" ]; then pass "https answers with HSTS: $hsts"; else fail "no Strict-Transport-Security header on $HTTPS_URL/health"; fi
+}
+
+wait_ready() {
+  local start=$SECONDS code
+  while true; do
+    code=$(curl -sk -m 5 -o /dev/null -w '%{http_code}' "$HTTPS_URL/ready" 2>/dev/null || true)
+    if [ "$code" = 200 ]; then
+      pass "API ready through nginx: GET $HTTPS_URL/ready -> 200 after $((SECONDS - start)) s"
+      return 0
+    fi
+    if ((SECONDS - start >= WAIT_TIMEOUT)); then
+      fail "API not ready through nginx after $WAIT_TIMEOUT s (last GET /ready -> $code)"
+      return 1
+    fi
+    sleep 2
+  done
+}
+
+json_field() {  # json_field NAME < body: the first string value of NAME
+  sed -n "s/.*\"$1\" *: *\"\([^\"]*\)\".*/\1/p" | head -n 1
+}
+
+check_crud() {
+  local tag email id out codes="" ok=1 code body
+  tag=v$(date +%s)$RANDOM
+  email="$tag@example.com"
+  out=$(api POST /users "{\"name\": \"Verify $tag\", \"email\": \"$email\", \"username\": \"$tag\"}")
+  code=${out%%$'\n'*}; body=${out#*$'\n'}
+  id=$(json_field id <<<"$body")
+  codes+="create $code"; [ "$code" = 201 ] && [ -n "$id" ] || ok=0
+
+  out=$(api GET "/users/$id"); code=${out%%$'\n'*}; body=${out#*$'\n'}
+  codes+=", read $code"; [ "$code" = 200 ] && grep -q "$email" <<<"$body" || ok=0
+
+  out=$(api GET "/users?limit=5&offset=0"); code=${out%%$'\n'*}; body=${out#*$'\n'}
+  codes+=", list $code"; [ "$code" = 200 ] && grep -q '"total"' <<<"$body" || ok=0
+
+  out=$(api GET "/users/search?q=$tag"); code=${out%%$'\n'*}; body=${out#*$'\n'}
+  codes+=", search $code"; [ "$code" = 200 ] && grep -q "$id" <<<"$body" || ok=0
+
+  out=$(api PATCH "/users/$id" '{"name": "Verify Edited"}'); code=${out%%$'\n'*}; body=${out#*$'\n'}
+  codes+=", edit $code"; [ "$code" = 200 ] && grep -q 'Verify Edited' <<<"$body" || ok=0
+
+  # A second user with the same email, before the first one is deleted.
+  out=$(api POST /users "{\"name\": \"Dup $tag\", \"email\": \"$email\", \"username\": \"${tag}d\"}")
+  DUP_CODE=${out%%$'\n'*}; DUP_TYPE=$(json_field title <<<"${out#*$'\n'}")
+
+  out=$(api DELETE "/users/$id"); code=${out%%$'\n'*}
+  codes+=", delete $code"; [ "$code" = 204 ] || ok=0
+
+  out=$(api GET "/users/$id"); code=${out%%$'\n'*}
+  codes+=", read-after-delete $code"; [ "$code" = 404 ] || ok=0
+
+  if [ "$ok" = 1 ]; then
+    pass "users CRUD over https through nginx: $codes"
+  else
+    fail "users CRUD over https through nginx: $codes"
+  fi
+  if [ "$DUP_CODE" = 409 ]; then
+    pass "duplicate email through the stack: POST /users -> 409 $DUP_TYPE"
+  else
+    fail "duplicate email through the stack: POST /users -> $DUP_CODE, expected 409"
+  fi
+}
+
+# A MongoDB "hello" (OP_MSG, {hello: 1, $db: "admin"}): a MongoDB server answers it with a
+# document holding maxWireVersion, whatever else listens on an address never does.
+MONGO_HELLO_HEX=340000000100000000000000dd07000000000000001f0000001068656c6c6f000100000002246462000600000061646d696e0000
+
+check_ingress_isolated() {
+  local cid api_cid mongo_cid mongo_ip api_ips name_rc=0 networks back_net=${STACK_NAME}_back
+  cid=$(task_container "$WORKER1" ingress || true)
+  api_cid=$(task_container "$WORKER2" api || true)
+  mongo_cid=$(task_container "$MANAGER" mongo || true)
+  if [ -z "$cid" ] || [ -z "$api_cid" ] || [ -z "$mongo_cid" ]; then
+    fail "ingress isolation: containers not found (ingress '$cid', api '$api_cid', mongo '$mongo_cid')"
+    fail "ingress isolation by address: not tested"
+    return
+  fi
+  # 1. By name. Control: the same DNS server does answer for api.
+  api_ips=$(docker exec "$WORKER1" docker exec "$cid" getent hosts api 2>/dev/null | awk '{print $1}' | xargs || true)
+  docker exec "$WORKER1" docker exec "$cid" curl -s -m 3 -o /dev/null telnet://mongo:27017 </dev/null 2>/dev/null || name_rc=$?
+  # curl exit 6: could not resolve host
+  if [ -n "$api_ips" ] && [ "$name_rc" = 6 ]; then
+    pass "ingress cannot resolve the database: in the ingress container 'mongo' does not resolve (curl exit 6) while 'api' does ($api_ips)"
+  else
+    fail "ingress name isolation: 'api' -> '${api_ips:-nothing}', 'mongo' -> curl exit $name_rc (6 expected)"
+  fi
+  # 2. By address: the ingress task is not on the back network, and a MongoDB hello sent to
+  # mongo's address gets a MongoDB answer from the api container (control) but not from it.
+  networks=$(docker exec "$WORKER1" docker inspect -f '{{range $n, $_ := .NetworkSettings.Networks}}{{$n}} {{end}}' "$cid" | xargs)
+  mongo_ip=$(docker exec "$MANAGER" docker inspect -f "{{(index .NetworkSettings.Networks \"$back_net\").IPAddress}}" "$mongo_cid")
+  local octal="" i from_api from_ingress
+  for ((i = 0; i < ${#MONGO_HELLO_HEX}; i += 2)); do octal+=$(printf '\\%03o' "0x${MONGO_HELLO_HEX:i:2}"); done
+  from_api=$(docker exec "$WORKER2" docker exec "$api_cid" python -c "
+import socket
+s = socket.create_connection(('$mongo_ip', 27017), timeout=3)
+s.sendall(bytes.fromhex('$MONGO_HELLO_HEX'))
+print(b'maxWireVersion' in s.recv(65536))" 2>/dev/null || true)
+  from_ingress=$(docker exec "$WORKER1" docker exec "$cid" sh -c \
+    "printf '$octal' | curl -s -m 3 telnet://$mongo_ip:27017" 2>/dev/null | grep -ac maxWireVersion || true)
+  local ingress_answered=True detail
+  [ "$from_ingress" != 0 ] || ingress_answered=False
+  detail="ingress networks [$networks]; a MongoDB hello to mongo's $mongo_ip:27017 gets a MongoDB reply from the api container: $from_api, from the ingress container: $ingress_answered"
+  if [[ " $networks " != *" $back_net "* ]] && [ "$from_api" = True ] && [ "$from_ingress" = 0 ]; then
+    pass "ingress cannot reach the database by address: $detail"
+  else
+    fail "ingress address isolation: $detail"
+  fi
+}
+
+check_mongo_auth() {
+  local cid out rc=0
+  cid=$(task_container "$MANAGER" mongo || true)
+  [ -n "$cid" ] || { fail "no mongo container on $MANAGER"; return; }
+  out=$(docker exec "$MANAGER" docker exec "$cid" mongosh --quiet --eval \
+    'db.adminCommand({listDatabases: 1})' 2>&1) || rc=$?
+  out=$(grep -Eim1 'requires authentication|unauthorized|code.{0,4}13' <<<"$out" | cut -c1-120 || true)
+  if [ "$rc" != 0 ] && [ -n "$out" ]; then
+    pass "MongoDB refuses unauthenticated commands: mongosh listDatabases -> exit $rc: $out"
+  else
+    fail "MongoDB answered an unauthenticated listDatabases (exit $rc)"
+  fi
+}
+
+check_mongo_limits() {
+  local spec cid real
+  spec=$(docker exec "$MANAGER" docker service inspect -f \
+    '{{with .Spec.TaskTemplate.Resources}}{{with .Limits}}{{.NanoCPUs}} {{.MemoryBytes}}{{end}}{{end}}' \
+    "${STACK_NAME}_mongo" 2>/dev/null || true)
+  cid=$(task_container "$MANAGER" mongo || true)
+  real=$(docker exec "$MANAGER" docker inspect -f '{{.HostConfig.NanoCpus}} {{.HostConfig.Memory}}' \
+    "$cid" 2>/dev/null || true)
+  local cpus=${spec%% *} mem=${spec##* }
+  if [ -n "$spec" ] && [ "${cpus:-0}" -gt 0 ] && [ "${mem:-0}" -gt 0 ] && [ "$real" = "$spec" ]; then
+    pass "mongo resource limits: cpus $(awk -v n="$cpus" 'BEGIN {print n / 1e9}'), memory $((mem / 1048576)) MiB (service spec and running container agree)"
+  else
+    fail "mongo resource limits: service '$spec', container '$real'"
+  fi
+}
+
+cmd_verify() {
+  step "verify: the stack $STACK_NAME against its requirements (PASS/FAIL per line)"
+  local node
+  for node in "${NODES[@]}"; do require_node "$node"; done
+  WORK=$(mktemp -d)
+  trap 'rm -rf "$WORK"' EXIT
+  wait_ready || true
+  check_converged
+  check_placement
+  check_ports
+  check_redirect
+  check_tls_headers
+  check_crud
+  check_ingress_isolated
+  check_mongo_auth
+  check_mongo_limits
+  printf '\nverify: %d checks, %d failed\n' "$CHECKS" "$FAILED"
+  [ "$FAILED" -eq 0 ]
+}
+
