@@ -295,6 +295,94 @@ def test_openapi_describes_every_route_from_the_models(client: FlaskClient) -> N
     }
 
 
+def examples_of(content: Json) -> dict[str, Any]:
+    return {name: example["value"] for name, example in content["examples"].items()}
+
+
+def test_openapi_describes_parameters_and_batch_rules(client: FlaskClient) -> None:
+    doc = client.get("/openapi.json").json
+    assert doc is not None
+    search = doc["paths"]["/users/search"]["get"]["parameters"]
+    assert all(parameter["description"] for parameter in search)
+    post = doc["paths"]["/users"]["post"]
+    assert "1 to 1000" in post["description"]
+    assert "nothing is written" in post["description"]
+
+
+def test_openapi_request_examples_are_accepted(client: FlaskClient) -> None:
+    doc = client.get("/openapi.json").json
+    assert doc is not None
+    post = examples_of(doc["paths"]["/users"]["post"]["requestBody"]["content"]["application/json"])
+    assert set(post) == {"one", "batch"}
+    assert client.post("/users", json=post["one"]).status_code == 201
+    created = client.post("/users", json=post["batch"])
+    assert created.status_code == 201
+    assert [user["email"] for user in created.json or []] == [u["email"] for u in post["batch"]]
+    path_edit = doc["paths"]["/users/{user_id}"]["patch"]["requestBody"]["content"]
+    (changes,) = examples_of(path_edit["application/json"]).values()
+    user = listed(client)[0]
+    edited = client.patch(f"/users/{user['id']}", json=changes)
+    assert edited.status_code == 200
+    assert edited.json == {**user, **changes, "updated_at": (edited.json or {})["updated_at"]}
+
+
+def test_openapi_error_examples_are_what_the_api_answers(client: FlaskClient) -> None:
+    doc = client.get("/openapi.json").json
+    assert doc is not None
+    post = doc["paths"]["/users"]["post"]
+    bodies = examples_of(post["requestBody"]["content"]["application/json"])
+    errors = {
+        status: examples_of(post["responses"][status]["content"]["application/problem+json"])
+        for status in ("409", "422", "413", "415")
+    }
+    client.post("/users", json=bodies["one"])
+    assert client.post("/users", json=bodies["one"]).json == errors["409"]["one"]
+    repeated = [bodies["batch"][0], {**bodies["batch"][1], "email": bodies["batch"][0]["email"]}]
+    assert client.post("/users", json=repeated).json == errors["409"]["batch"]
+    bad_email = {**bodies["one"], "email": "not-an-email"}
+    assert client.post("/users", json=bad_email).json == errors["422"]["one"]
+    no_name = {k: v for k, v in bodies["batch"][0].items() if k != "name"}
+    bad_username = {**bodies["batch"][1], "username": "x"}
+    assert client.post("/users", json=[no_name, bad_username]).json == errors["422"]["batch"]
+    too_many = [a_user(n) for n in range(1001)]
+    assert client.post("/users", json=too_many).json == errors["413"]["batch"]
+    assert client.post("/users", data="{}").json == errors["415"]["type"]
+
+
+# --------------------------------------------------------------------------------------
+# Interactive documentation
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/", "/docs/"])
+def test_the_root_leads_to_the_docs(client: FlaskClient, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/docs"
+
+
+def test_the_docs_page_loads_only_files_of_this_api(client: FlaskClient) -> None:
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assert page.mimetype == "text/html"
+    csp = page.headers["Content-Security-Policy"]
+    assert "script-src 'self';" in csp
+    assert "connect-src 'self';" in csp
+    html = page.get_data(as_text=True)
+    assert "<script>" not in html  # no inline script: the policy would block it
+    sources = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert sources
+    for source in sources:
+        assert source.startswith("/docs/")
+        assert client.get(source).status_code == 200
+    assert "validatorUrl: null" in client.get("/docs/swagger-initializer.js").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("asset", ["index.html", "oauth2-redirect.html", "..%2Fusersapi.py"])
+def test_only_the_files_the_docs_page_uses_are_served(client: FlaskClient, asset: str) -> None:
+    assert_problem(client.get(f"/docs/{asset}"), 404)
+
+
 # --------------------------------------------------------------------------------------
 # Create
 # --------------------------------------------------------------------------------------

@@ -18,13 +18,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
+from importlib.resources import files
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from bson import ObjectId
-from flask import Blueprint, Flask, Response, current_app, request
+from flask import Blueprint, Flask, Response, current_app, request, send_from_directory
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -251,13 +252,21 @@ class PageQuery(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    limit: int = Field(default=50, ge=1, le=500)
-    offset: int = Field(default=0, ge=0, le=2**31 - 1)
+    limit: int = Field(default=50, ge=1, le=500, description="How many users a page holds.")
+    offset: int = Field(
+        default=0, ge=0, le=2**31 - 1, description="How many users to skip, in creation order."
+    )
 
 
 class SearchQuery(PageQuery):
     # Some non-blank text; NUL cannot travel in a BSON regular expression.
-    q: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00]*[^\x00\s][^\x00]*$")
+    q: str = Field(
+        min_length=1,
+        max_length=200,
+        pattern=r"^[^\x00]*[^\x00\s][^\x00]*$",
+        description="Text that the name, email or username contains, in any letter case; "
+        "taken literally (not a pattern).",
+    )
 
 
 class ProblemItem(BaseModel):
@@ -739,6 +748,71 @@ def openapi() -> Response:
     return json_response(current_app.extensions["usersapi.openapi"])
 
 
+# Interactive documentation: Swagger UI from the pinned flask-swagger-ui package, which
+# bundles its assets; only the page, its initializer and the files it loads are served, all
+# from this origin. The initializer is a file rather than the stock inline script, so the
+# page's Content-Security-Policy can allow scripts from 'self' alone. Swagger UI draws
+# icons from data: URIs; validatorUrl null keeps it from asking validator.swagger.io for a
+# badge.
+SWAGGER_UI_DIR = files("flask_swagger_ui") / "dist"
+SWAGGER_UI_ASSETS = frozenset({"swagger-ui.css", "swagger-ui-bundle.js", "favicon-32x32.png"})
+DOCS_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
+DOCS_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <title>Users API</title>
+  <link rel="stylesheet" href="/docs/swagger-ui.css">
+  <link rel="icon" type="image/png" href="/docs/favicon-32x32.png">
+</head>
+<body>
+  <div id="swagger-ui"></div>
+  <script src="/docs/swagger-ui-bundle.js"></script>
+  <script src="/docs/swagger-initializer.js"></script>
+</body>
+</html>
+"""
+DOCS_INITIALIZER = """window.addEventListener("load", function () {
+  window.ui = SwaggerUIBundle({
+    url: "/openapi.json",
+    dom_id: "#swagger-ui",
+    deepLinking: true,
+    displayRequestDuration: true,
+    validatorUrl: null
+  });
+});
+"""
+
+
+@bp.get("/")
+@bp.get("/docs/")
+def to_docs() -> Response:
+    return current_app.response_class(status=HTTPStatus.FOUND, headers={"Location": "/docs"})
+
+
+@bp.get("/docs")
+def docs() -> Response:
+    response = current_app.response_class(DOCS_PAGE, mimetype="text/html")
+    response.headers["Content-Security-Policy"] = DOCS_CSP
+    return response
+
+
+@bp.get("/docs/swagger-initializer.js")
+def docs_initializer() -> Response:
+    return current_app.response_class(DOCS_INITIALIZER, mimetype="text/javascript")
+
+
+@bp.get("/docs/<asset>")
+def docs_asset(asset: str) -> Response:
+    if asset not in SWAGGER_UI_ASSETS:
+        raise ApiError(HTTPStatus.NOT_FOUND, "no such documentation file")
+    return send_from_directory(str(SWAGGER_UI_DIR), asset)
+
+
 # --------------------------------------------------------------------------------------
 # Errors: every failure is answered as application/problem+json
 # --------------------------------------------------------------------------------------
@@ -815,15 +889,136 @@ def one_or_many(model: type[BaseModel], max_batch: int) -> dict[str, Any]:
     return {"oneOf": [ref(model), many]}
 
 
-def json_content(schema: Mapping[str, Any], media_type: str = "application/json") -> Document:
-    return {"content": {media_type: {"schema": schema}}}
+def json_content(
+    schema: Mapping[str, Any],
+    media_type: str = "application/json",
+    examples: Mapping[str, Any] | None = None,
+) -> Document:
+    content: Document = {"schema": schema}
+    if examples:
+        content["examples"] = {
+            name: {"summary": summary, "value": value}
+            for name, (summary, value) in examples.items()
+        }
+    return {"content": {media_type: content}}
 
 
-def problems(*statuses: int) -> Document:
+def problem(status: int, detail: str, *errors: tuple[int | None, str | None, str]) -> Document:
+    """An example problem document, as the API answers it."""
+    items = [ProblemItem(index=index, field=field, message=msg) for index, field, msg in errors]
+    return Problem(
+        type=PROBLEM_TYPE,
+        title=HTTPStatus(status).phrase,
+        status=status,
+        detail=detail,
+        errors=items,
+    ).model_dump(mode="json")
+
+
+ADA = {"name": "Ada Lovelace", "email": "ada@example.com", "username": "ada"}
+TURING = {"name": "Alan Turing", "email": "alan@example.com", "username": "alan"}
+HOPPER = {"name": "Grace Hopper", "email": "grace@example.com", "username": "grace"}
+ADA_ID, TURING_ID = "665f1c2e8b3e4a1f2c3d4e5f", "665f1c2e8b3e4a1f2c3d4e60"
+BAD_USERNAME = "String should match pattern '^[A-Za-z0-9._-]{3,30}$'"
+BATCH_RULES = (
+    "Send one object, or an array of 1 to {max_batch} of them (the answer has the same shape, "
+    "in input order). A batch is checked as a whole before anything is written: if any item "
+    "is invalid (422), names an unknown user (404) or an email that is taken or repeated in "
+    "the batch (409), nothing is written and every problem is listed, with its item's index. "
+    "Emails are unique, compared lower-cased."
+)
+
+
+def problem_examples(max_batch: int) -> dict[int, dict[str, tuple[str, Document]]]:
+    """Examples of each error status, for one user and for a batch where they differ."""
+    taken = "some emails are already in use"
+    invalid = "some users are invalid"
+    return {
+        400: {
+            "body": ("A body that is not JSON", problem(400, "the body is not valid JSON")),
+            "query": (
+                "A query parameter out of range",
+                problem(
+                    400,
+                    "invalid query parameters",
+                    (None, "limit", "Input should be less than or equal to 500"),
+                ),
+            ),
+        },
+        404: {
+            "one": (
+                "One user",
+                problem(404, "the user does not exist", (None, "id", f"no user has id {ADA_ID}")),
+            ),
+            "batch": (
+                "A batch",
+                problem(404, "some users do not exist", (1, "id", f"no user has id {TURING_ID}")),
+            ),
+        },
+        405: {
+            "method": (
+                "A method the path does not take",
+                problem(405, "The method is not allowed for the requested URL."),
+            )
+        },
+        409: {
+            "one": (
+                "One user",
+                problem(409, taken, (None, "email", "email ada@example.com is already taken")),
+            ),
+            "batch": (
+                "A batch",
+                problem(
+                    409,
+                    taken,
+                    (1, "email", "email alan@example.com is repeated in the batch (item 0)"),
+                ),
+            ),
+        },
+        413: {
+            "batch": (
+                "A batch too large",
+                problem(413, f"a batch holds at most {max_batch} users, got {max_batch + 1}"),
+            )
+        },
+        415: {
+            "type": (
+                "A body not declared as JSON",
+                problem(415, "send the body as application/json"),
+            )
+        },
+        422: {
+            "one": (
+                "One user",
+                problem(
+                    422,
+                    invalid,
+                    (
+                        None,
+                        "email",
+                        "value is not a valid email address: An email address must have an @-sign.",
+                    ),
+                ),
+            ),
+            "batch": (
+                "A batch",
+                problem(422, invalid, (0, "name", "Field required"), (1, "username", BAD_USERNAME)),
+            ),
+        },
+        503: {
+            "database": (
+                "MongoDB cannot be reached",
+                problem(503, "the database cannot be reached; try again shortly"),
+            )
+        },
+    }
+
+
+def problems(*statuses: int, examples: Mapping[int, Mapping[str, Any]] | None = None) -> Document:
     return {
         str(status): {
             "description": HTTPStatus(status).phrase,
-            **json_content(ref(Problem), "application/problem+json"),
+            **json_content(ref(Problem), "application/problem+json", (examples or {}).get(status)),
         }
         for status in statuses
     }
@@ -833,7 +1028,13 @@ def query_parameters(model: type[PageQuery]) -> list[Document]:
     schema = model.model_json_schema()
     required = set(schema.get("required", []))
     return [
-        {"name": name, "in": "query", "required": name in required, "schema": prop}
+        {
+            "name": name,
+            "in": "query",
+            "required": name in required,
+            "description": prop.get("description", ""),
+            "schema": prop,
+        }
         for name, prop in schema["properties"].items()
     ]
 
@@ -844,12 +1045,19 @@ def operation(
     errors: tuple[int, ...],
     body: Mapping[str, Any] | None = None,
     parameters: list[Document] | None = None,
+    *,
+    body_examples: Mapping[str, Any] | None = None,
+    error_examples: Mapping[int, Mapping[str, Any]] | None = None,
+    description: str = "",
 ) -> Document:
     status, schema = ok
     success = {"description": HTTPStatus(status).phrase, **(json_content(schema) if schema else {})}
-    op: Document = {"summary": summary, "responses": {str(status): success, **problems(*errors)}}
+    responses = {str(status): success, **problems(*errors, examples=error_examples)}
+    op: Document = {"summary": summary, "responses": responses}
+    if description:
+        op["description"] = description
     if body is not None:
-        op["requestBody"] = {"required": True, **json_content(body)}
+        op["requestBody"] = {"required": True, **json_content(body, examples=body_examples)}
     if parameters:
         op["parameters"] = parameters
     return op
@@ -864,6 +1072,8 @@ def openapi_document(max_batch: int) -> Document:
     user_id = [{"name": "user_id", "in": "path", "required": True, "schema": id_schema}]
     page = ref(UserPage)
     write_errors = (400, 405, 413, 415, 422, 503)
+    errors = problem_examples(max_batch)
+    rules = BATCH_RULES.format(max_batch=max_batch)
     return {
         "openapi": "3.1.0",
         "info": {"title": "Users API", "version": "1.0.0"},
@@ -874,15 +1084,38 @@ def openapi_document(max_batch: int) -> Document:
                     (201, one_or_many(User, max_batch)),
                     (*write_errors, 409),
                     one_or_many(UserIn, max_batch),
+                    body_examples={
+                        "one": ("One user", ADA),
+                        "batch": ("A batch", [TURING, HOPPER]),
+                    },
+                    error_examples=errors,
+                    description=rules,
                 ),
                 "patch": operation(
                     "Edit one user or a batch, by id",
                     (200, one_or_many(User, max_batch)),
                     (*write_errors, 404, 409),
                     one_or_many(UserEdit, max_batch),
+                    body_examples={
+                        "one": ("One user", {"id": ADA_ID, "name": "Ada King"}),
+                        "batch": (
+                            "A batch",
+                            [
+                                {"id": ADA_ID, "email": "ada.king@example.com"},
+                                {"id": TURING_ID, "username": "turing"},
+                            ],
+                        ),
+                    },
+                    error_examples=errors,
+                    description=rules + " Each item names the user by id; only the fields "
+                    "sent change.",
                 ),
                 "get": operation(
-                    "List users", (200, page), (400, 503), parameters=query_parameters(PageQuery)
+                    "List users",
+                    (200, page),
+                    (400, 503),
+                    parameters=query_parameters(PageQuery),
+                    error_examples=errors,
                 ),
             },
             "/users/search": {
@@ -891,18 +1124,34 @@ def openapi_document(max_batch: int) -> Document:
                     (200, page),
                     (400, 503),
                     parameters=query_parameters(SearchQuery),
+                    error_examples=errors,
                 ),
             },
             "/users/{user_id}": {
-                "get": operation("One user", (200, ref(User)), (404, 503), parameters=user_id),
+                "get": operation(
+                    "One user",
+                    (200, ref(User)),
+                    (404, 503),
+                    parameters=user_id,
+                    error_examples=errors,
+                ),
                 "patch": operation(
                     "Edit one user",
                     (200, ref(User)),
                     (*write_errors, 404, 409),
                     ref(UserChanges),
                     user_id,
+                    body_examples={"name": ("A new name", {"name": "Ada King"})},
+                    error_examples=errors,
+                    description="Only the fields sent change; the email stays unique.",
                 ),
-                "delete": operation("Delete one user", (204, None), (404, 503), parameters=user_id),
+                "delete": operation(
+                    "Delete one user",
+                    (204, None),
+                    (404, 503),
+                    parameters=user_id,
+                    error_examples=errors,
+                ),
             },
             "/health": {"get": operation("The process is up", (200, ref(Health)), ())},
             "/ready": {"get": operation("MongoDB answers", (200, ref(Health)), (503,))},

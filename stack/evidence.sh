@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Evidence of the deployment: runs each step with stack/swarm.sh, keeps what the terminal
-# showed as a picture named after the step (evidencias/N-name.png, with the plain text beside
-# it as N-name.txt), takes headless Chromium screenshots of the API through the ingress, and
-# rewrites the "This run" section of evidencias/README.md (date, host, engine, images).
+# Evidence of the API and its deployment: runs the tests, a curl session against the API,
+# then each deployment step with stack/swarm.sh, keeps what the terminal showed as a picture
+# named after the step (evidencias/N-name.png, with the plain text beside it as N-name.txt),
+# takes Chromium screenshots of the API through the ingress (/docs with a search run from the
+# page among them), and rewrites the "This run" section of evidencias/README.md.
 #
 #   bash stack/evidence.sh                 every step, in the order of the task
 #   bash stack/evidence.sh verify browser  only these steps (their pictures are replaced)
 #   bash stack/evidence.sh help            the steps, their pictures and every setting
 #
-# Needs what stack/swarm.sh needs (docker, curl, openssl) plus python3 and a Chromium from
-# the system's packages (Debian/Ubuntu: apt-get install chromium fonts-dejavu-core).
+# Needs what stack/swarm.sh needs (docker, curl, openssl), the README's test setup (.venv with
+# tox), a Python with requirements.txt and requirements-dev.txt (`tox -e evidence` runs this
+# script in one) and Chromium from the system's packages (apt-get install chromium
+# fonts-dejavu-core).
 # A step that fails still leaves its picture; the script then stops (KEEP_GOING=1: goes on
 # with the next steps) and exits non-zero.
 set -euo pipefail
@@ -22,24 +25,28 @@ cd "$PROJECT_DIR"  # commands are shown, and run, relative to the repository roo
 
 # --- settings ------------------------------------------------------------------------------
 EVIDENCE_DIR=${EVIDENCE_DIR:-evidencias}  # relative to the repository root, or absolute
-EVIDENCE_STEPS=${EVIDENCE_STEPS:-build push swarm labels deploy services verify https browser}
+EVIDENCE_STEPS=${EVIDENCE_STEPS:-tests api build push swarm labels deploy services verify https browser}
 KEEP_GOING=${KEEP_GOING:-0}
 SWARM_SH=${SWARM_SH:-stack/swarm.sh}
 RENDERER=${RENDERER:-stack/evidence_render.py}
 PYTHON=${PYTHON:-python3}
+TOX=${TOX:-.venv/bin/tox}  # the README's test setup
+# Said in the caption of every deployment picture when images stand in for official ones,
+# e.g. STAND_IN_NOTE="mongo:8.0 here is a wire-compatible stand-in, not MongoDB".
+STAND_IN_NOTE=${STAND_IN_NOTE:-}
+API_PORT=${API_PORT:-8000}  # where the api step serves the API (in-memory store) for curl
 SEARCH_QUERY=${SEARCH_QUERY:-evidencia}  # what the browser searches for
 SEED_USER=${SEED_USER:-1}                # 1: create the demo user the search finds (once)
 EVIDENCE_MAX_LINES=${EVIDENCE_MAX_LINES:-100}
-EVIDENCE_MAX_COLS=${EVIDENCE_MAX_COLS:-160}
-BROWSER_WIDTH=${BROWSER_WIDTH:-1100}
-export EVIDENCE_MAX_LINES EVIDENCE_MAX_COLS BROWSER_WIDTH
+export EVIDENCE_MAX_LINES
 
 DEMO_USER="{\"name\": \"Evidencia Semana4\", \"email\": \"$SEARCH_QUERY@example.com\", \"username\": \"$SEARCH_QUERY\"}"
 
-ALL_STEPS=(build push swarm labels deploy services verify https browser)
+ALL_STEPS=(tests api build push swarm labels deploy services verify https browser)
 # The pictures, in the order of the task (a step's number is the task's, not the run's).
-PICTURES=(2-dockerfile-build 2-registro-push 3-swarm-nodos 4-etiquetas 5-stack-servicios
-  "6-despliegue-$STACK_NAME" 7-verificacion 7-https-curl 7-navegador-api 7-navegador-redireccion)
+PICTURES=(1-api-pruebas 1-api-curl 2-dockerfile-build 2-registro-push 3-swarm-nodos 4-etiquetas
+  5-stack-servicios "6-despliegue-$STACK_NAME" 7-verificacion 7-https-curl 7-navegador-api
+  7-navegador-redireccion 7-navegador-docs)
 
 # --- helpers --------------------------------------------------------------------------------
 banner() { printf '\n### evidence %s: %s\n' "$1" "$2"; }
@@ -48,6 +55,7 @@ banner() { printf '\n### evidence %s: %s\n' "$1" "$2"; }
 # evidence_end. After a command fails the rest of the picture's commands are skipped.
 evidence_begin() {
   EV_NAME=$1 EV_TITLE=$2 EV_RC=0 EV_N=0
+  [[ -z $STAND_IN_NOTE || $EV_NAME == 1-* ]] || EV_TITLE+=" ($STAND_IN_NOTE)"
   EV_BLOCKS=()
   banner "$EV_NAME" "$EV_TITLE"
 }
@@ -77,6 +85,42 @@ evidence_end() {
 }
 
 # --- steps ------------------------------------------------------------------------------------
+step_tests() {
+  evidence_begin 1-api-pruebas "the API's tests: ruff, shellcheck, mypy --strict, pytest, /docs in Chromium"
+  capture "$TOX" -e lint,type,test
+  capture "$TOX" -e browser
+  evidence_end
+}
+
+# curl_json METHOD PATH [BODY]: one request to the API served by step_api, status on its own line
+curl_json() {
+  local args=(-sS -m 10 -X "$1" -w '\nHTTP %{http_code}\n')
+  [ -z "${3:-}" ] || args+=(-H 'Content-Type: application/json' --data "$3")
+  capture curl "${args[@]}" "http://127.0.0.1:$API_PORT$2"
+}
+
+step_api() {
+  evidence_begin 1-api-curl "the API with curl: one user, a batch, a taken email (409), a search"
+  local pid i
+  # One worker: the in-memory store lives in its process.
+  MONGO_URI=mongomock:// GUNICORN_CMD_ARGS="" "$PYTHON" -m gunicorn --workers=1 \
+    --bind="127.0.0.1:$API_PORT" 'usersapi:create_app()' >"$WORK/gunicorn.log" 2>&1 &
+  pid=$!
+  for ((i = 0; i < 50; i++)); do
+    curl -sf -o /dev/null "http://127.0.0.1:$API_PORT/health" && break
+    sleep 0.2
+  done
+  curl_json POST /users '{"name": "Ada Lovelace", "email": "Ada@Example.com", "username": "ada"}'
+  curl_json POST /users '[{"name": "Alan Turing", "email": "alan@example.com", "username": "alan"},
+ {"name": "Grace Hopper", "email": "grace@example.com", "username": "grace"}]'
+  curl_json POST /users '{"name": "Ada King", "email": "ada@example.com", "username": "adaking"}'
+  curl_json GET '/users/search?q=hopper'
+  kill "$pid" && wait "$pid" || true
+  # A 409 is what the third request is for: the step fails only on other surprises.
+  grep -q '^HTTP 409$' "$WORK/1-api-curl.3.out" || { info "the taken email did not give 409"; EV_RC=1; }
+  evidence_end
+}
+
 step_build() {
   evidence_begin 2-dockerfile-build "Dockerfile: the API image is built, with its size"
   capture "$SWARM_SH" build
@@ -84,7 +128,9 @@ step_build() {
 }
 
 step_push() {
-  evidence_begin 2-registro-push "the API image is pushed to the registry"
+  local registry=${API_IMAGE%%/*}
+  [ "$registry" = docker.io ] && registry="Docker Hub" || registry+=", not Docker Hub"
+  evidence_begin 2-registro-push "the API image is pushed to $registry"
   capture "$SWARM_SH" push
   capture docker image inspect --format '{{join .RepoDigests "\n"}}' "$API_IMAGE"
   evidence_end
@@ -146,17 +192,21 @@ step_https() {
 step_browser() {
   local rc=0 expect_text=()
   [ "$SEED_USER" = 1 ] && expect_text=(--expect-text "$SEARCH_QUERY")
-  banner 7-navegador-api "headless Chromium opens the search over https"
+  banner 7-navegador-api "Chromium opens the search over https"
   "$PYTHON" "$RENDERER" url --insecure --expect-status 200 --expect-scheme https "${expect_text[@]}" \
     --title "Chromium: GET /users/search?q=$SEARCH_QUERY over https through the ingress" \
     --url "$HTTPS_URL/users/search?q=$SEARCH_QUERY" \
     --out "$EVIDENCE_DIR/7-navegador-api.png" --txt "$EVIDENCE_DIR/7-navegador-api.txt" || rc=$?
-  banner 7-navegador-redireccion "headless Chromium opens http:// and lands on https://"
+  banner 7-navegador-redireccion "Chromium opens http:// and lands on https://"
   "$PYTHON" "$RENDERER" url --insecure --expect-status 200 --expect-scheme https --expect-redirect \
     --title "Chromium: http://$PUBLIC_HOST:$HTTP_PORT is redirected to https" \
     --url "$HTTP_URL/users?limit=5" \
     --out "$EVIDENCE_DIR/7-navegador-redireccion.png" \
     --txt "$EVIDENCE_DIR/7-navegador-redireccion.txt" || rc=$?
+  banner 7-navegador-docs "Chromium runs a search from the interactive docs over https"
+  "$PYTHON" "$RENDERER" docs --insecure --query "$SEARCH_QUERY" --url "$HTTPS_URL" \
+    --title "Chromium: $HTTPS_URL/docs, a search run from the page (Try it out, Execute)" \
+    --out "$EVIDENCE_DIR/7-navegador-docs.png" --txt "$EVIDENCE_DIR/7-navegador-docs.txt" || rc=$?
   return "$rc"
 }
 
@@ -210,7 +260,7 @@ this_run_section() {
   else
     echo "  - (no stack running when the README was written)"
   fi
-  echo "- browser for the screenshots and renderer: $(or_unknown "$PYTHON" "$RENDERER" browser-version) headless, $(or_unknown "$PYTHON" --version)"
+  echo "- browser for the screenshots and renderer: $(or_unknown "$PYTHON" "$RENDERER" browser-version) headless, driven by Playwright $(or_unknown "$PYTHON" -c 'from importlib.metadata import version; print(version("playwright"))'), $(or_unknown "$PYTHON" --version)"
   echo "- settings: STACK_NAME=$STACK_NAME NODE_PREFIX=$NODE_PREFIX HTTP_PORT=$HTTP_PORT HTTPS_PORT=$HTTPS_PORT PUBLIC_HOST=$PUBLIC_HOST SEARCH_QUERY=$SEARCH_QUERY"
   echo "$README_END"
 }
@@ -234,6 +284,8 @@ write_readme() {
 step_lines() {
   local deploy=6-despliegue-$STACK_NAME.png
   printf '  %-9s %-28s %s\n' \
+    tests 1-api-pruebas.png "$TOX -e lint,type,test, then -e browser" \
+    api 1-api-curl.png "curl against the API (gunicorn, in-memory store, port $API_PORT)" \
     build 2-dockerfile-build.png "$SWARM_SH build (image build, docker image ls)" \
     push 2-registro-push.png "$SWARM_SH push, the pushed image's digest" \
     swarm 3-swarm-nodos.png "$SWARM_SH nodes, swarm (docker node ls)" \
@@ -242,8 +294,9 @@ step_lines() {
     services 5-stack-servicios.png "docker stack services, placement, docker stack ps" \
     verify 7-verificacion.png "$SWARM_SH verify (PASS/FAIL lines)" \
     https 7-https-curl.png "curl: demo user, http -> 301, search over https" \
-    browser 7-navegador-api.png "headless Chromium: the search JSON over https" \
-    "" 7-navegador-redireccion.png "headless Chromium: http:// lands on https://"
+    browser 7-navegador-api.png "Chromium: the search JSON over https" \
+    "" 7-navegador-redireccion.png "Chromium: http:// lands on https://" \
+    "" 7-navegador-docs.png "Chromium: /docs, a search run from the page, its 200"
 }
 
 usage() {
@@ -262,14 +315,14 @@ settings (environment variables; current value, default in brackets):
   KEEP_GOING          $KEEP_GOING  [0: stop at the first failing step; 1: go on]
   SWARM_SH            $SWARM_SH  [stack/swarm.sh]
   RENDERER            $RENDERER  [stack/evidence_render.py]
-  PYTHON              $PYTHON  [python3]
-  CHROMIUM            ${CHROMIUM:-}  [first of chromium, chromium-browser, google-chrome on PATH]
+  PYTHON              $PYTHON  [python3; with requirements.txt and requirements-dev.txt]
+  TOX                 $TOX  [.venv/bin/tox, the README's test setup]
+  API_PORT            $API_PORT  [8000; the api step's local server]
+  CHROMIUM            ${CHROMIUM:-/usr/bin/chromium}  [/usr/bin/chromium]
+  STAND_IN_NOTE       $STAND_IN_NOTE  [empty; said in every deployment picture's caption]
   SEARCH_QUERY        $SEARCH_QUERY  [evidencia]
   SEED_USER           $SEED_USER  [1: create the demo user $SEARCH_QUERY@example.com if missing]
   EVIDENCE_MAX_LINES  $EVIDENCE_MAX_LINES  [100: longer outputs keep head and tail, marked]
-  EVIDENCE_MAX_COLS   $EVIDENCE_MAX_COLS  [160: longer lines wrap, marked with ↪]
-  BROWSER_WIDTH       $BROWSER_WIDTH  [1100: window width of the browser screenshots]
-  RENDER_SCALE        ${RENDER_SCALE:-1}  [1: device pixels per CSS pixel]
   shared with stack/swarm.sh: STACK_NAME=$STACK_NAME NODE_PREFIX=$NODE_PREFIX HTTP_PORT=$HTTP_PORT
   HTTPS_PORT=$HTTPS_PORT PUBLIC_HOST=$PUBLIC_HOST (and the rest of its settings, passed on)
 EOF
@@ -281,6 +334,10 @@ preflight() {
     command -v "$cmd" >/dev/null || die "$cmd is not installed"
   done
   [ -x "$SWARM_SH" ] || die "$SWARM_SH is missing or not executable"
+  "$PYTHON" -c 'import playwright, flask, mongomock, gunicorn' 2>/dev/null ||
+    die "$PYTHON lacks requirements.txt or requirements-dev.txt: run it as 'tox -e evidence'"
+  [[ " ${RUN_STEPS} " != *" tests "* ]] || [ -x "$TOX" ] ||
+    die "no $TOX: run the README's test command first, or set TOX"
   "$PYTHON" "$RENDERER" check || die "cannot render: install chromium and fonts-dejavu-core (apt-get install -y chromium fonts-dejavu-core)"
 }
 
@@ -297,12 +354,12 @@ main() {
   done
   WORK=$(mktemp -d)
   trap 'rm -rf "$WORK"' EXIT
+  RUN_STEPS="${steps[*]}"
   banner preflight "tools and evidence directory"
   preflight
   mkdir -p "$EVIDENCE_DIR"
   info "pictures go to $EVIDENCE_DIR/ (from $PROJECT_DIR)"
 
-  RUN_STEPS="${steps[*]}"
   for step in "${steps[@]}"; do
     rc=0
     "step_$step" || rc=$?

@@ -420,6 +420,8 @@ settings (environment variables; current value, default in brackets):
   MONGO_ROOT_USER $MONGO_ROOT_USER  [root]
   TLS_DAYS        $TLS_DAYS  [365]
   WAIT_TIMEOUT    $WAIT_TIMEOUT  [300; seconds deploy and verify wait at most]
+  PYTHON          $PYTHON  [python3; with Playwright, for verify's browser check]
+  CHROMIUM        ${CHROMIUM:-/usr/bin/chromium}  [the browser verify's browser check drives]
 EOF
 }
 

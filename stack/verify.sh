@@ -10,6 +10,7 @@ fail() { CHECKS=$((CHECKS + 1)); FAILED=$((FAILED + 1)); printf 'FAIL  %s\n' "$*
 
 HTTPS_URL=https://$PUBLIC_HOST:$HTTPS_PORT
 HTTP_URL=http://$PUBLIC_HOST:$HTTP_PORT
+PYTHON=${PYTHON:-python3}  # with Playwright (requirements-browser.txt), for the browser check
 
 # api METHOD PATH [JSON]: prints the status code, then the body, separated by a newline
 api() {
@@ -156,6 +157,27 @@ check_crud() {
   fi
 }
 
+# The interactive docs through the ingress, in the system's Chromium: a search run from the
+# page's own controls finds a user just created, and the page asks nothing of another host.
+check_browser() {
+  local tag out code id rc=0
+  tag=b$(date +%s)$RANDOM
+  out=$(api POST /users "{\"name\": \"Browser $tag\", \"email\": \"$tag@example.com\", \"username\": \"$tag\"}")
+  code=${out%%$'\n'*}; id=$(json_field id <<<"${out#*$'\n'}")
+  if [ "$code" != 201 ] || [ -z "$id" ]; then
+    fail "browser: could not create the user to search for (POST /users -> $code)"
+    return
+  fi
+  if ! "$PYTHON" -c 'import playwright' 2>/dev/null; then
+    fail "browser: $PYTHON has no Playwright (pip install -r requirements-browser.txt, or tox -e e2e)"
+  else
+    out=$("$PYTHON" "$STACK_DIR/browser_check.py" --insecure --query "$tag" --expect-id "$id" \
+      "$HTTPS_URL" 2>&1) || rc=$?
+    if [ "$rc" = 0 ]; then pass "browser: $out"; else fail "browser: $(tail -n 1 <<<"$out")"; fi
+  fi
+  api DELETE "/users/$id" >/dev/null
+}
+
 # A MongoDB "hello" (OP_MSG, {hello: 1, $db: "admin"}): a MongoDB server answers it with a
 # document holding maxWireVersion, whatever else listens on an address never does.
 MONGO_HELLO_HEX=340000000100000000000000dd07000000000000001f0000001068656c6c6f000100000002246462000600000061646d696e0000
@@ -245,6 +267,7 @@ cmd_verify() {
   check_redirect
   check_tls_headers
   check_crud
+  check_browser
   check_ingress_isolated
   check_mongo_auth
   check_mongo_limits
