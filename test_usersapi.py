@@ -23,6 +23,7 @@ import pytest
 import schemathesis
 from flask import Flask, request
 from flask.testing import FlaskClient
+from mongomock.collection import BulkOperationBuilder
 from pymongo.errors import OperationFailure
 from werkzeug.test import TestResponse
 
@@ -39,6 +40,23 @@ Json = Any
 
 def in_memory(**overrides: Any) -> Settings:
     return Settings(mongo_uri=usersapi.IN_MEMORY_URI, **overrides)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def mongomock_takes_bulk_updates_of_current_pymongo() -> Iterator[None]:
+    # Since pymongo 4.10, UpdateOne hands the bulk builder a sort= argument that mongomock 4.3's
+    # BulkOperationBuilder.add_update does not take; the API never sorts an update, so the
+    # in-memory builder is given the same method without it, and refuses any real sort.
+    add_update: Callable[..., Any] = BulkOperationBuilder.add_update
+
+    def add_update_without_sort(self: Any, *args: Any, sort: Any = None, **kwargs: Any) -> Any:
+        if sort is not None:
+            raise NotImplementedError("mongomock cannot sort a bulk update")
+        return add_update(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(BulkOperationBuilder, "add_update", add_update_without_sort)
+        yield
 
 
 @pytest.fixture
