@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import threading
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -660,7 +661,7 @@ class UserStore:
         users = self.users()
         # Marks this batch's writes, so an undo finds exactly them: a concurrent request that
         # won a compare-and-set writes the same version number, but never this mark.
-        write_id = ObjectId()
+        write_id = uuid.uuid4().hex
         writes = [
             self._compare_and_set(old, new, write_id)
             for old, new in zip(before, after, strict=True)
@@ -676,14 +677,14 @@ class UserStore:
             raise ChangedMeanwhileError
 
     @staticmethod
-    def _compare_and_set(old: Document, new: Document, write_id: ObjectId) -> UpdateOne:
+    def _compare_and_set(old: Document, new: Document, write_id: str) -> UpdateOne:
         """Write NEW's fields and version, marked with WRITE_ID, while the user is at OLD's
         version."""
         fields = {key: new[key] for key in EDITABLE_FIELDS}
         update = {**fields, "version": version_of(new), "write_id": write_id}
         return UpdateOne({"_id": old["_id"], **at_versions([version_of(old)])}, {"$set": update})
 
-    def _undo(self, before: list[Document], write_id: ObjectId) -> None:
+    def _undo(self, before: list[Document], write_id: str) -> None:
         """Put BEFORE back on the users that the write WRITE_ID changed, and only on those."""
         if before:
             reverts = [
