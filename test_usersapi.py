@@ -56,8 +56,13 @@ def store_of(app: Flask) -> UserStore:
     return store
 
 
-def a_user(n: int, **fields: str) -> dict[str, str]:
+def a_user(n: int, **fields: Json) -> dict[str, Json]:
     return {"name": f"User {n}", "email": f"user{n}@example.com", "username": f"user{n}", **fields}
+
+
+def json_of(response: TestResponse) -> Json:
+    assert response.json is not None, response.get_data(as_text=True)
+    return response.json
 
 
 def create(client: FlaskClient, body: Json) -> Json:
@@ -323,7 +328,12 @@ def test_openapi_request_examples_are_accepted(client: FlaskClient) -> None:
     user = listed(client)[0]
     edited = client.patch(f"/users/{user['id']}", json=changes)
     assert edited.status_code == 200
-    assert edited.json == {**user, **changes, "updated_at": (edited.json or {})["updated_at"]}
+    assert edited.json == {
+        **user,
+        **changes,
+        "version": user["version"] + 1,
+        "updated_at": (edited.json or {})["updated_at"],
+    }
 
 
 def test_openapi_error_examples_are_what_the_api_answers(client: FlaskClient) -> None:
@@ -381,6 +391,30 @@ def test_the_docs_page_loads_only_files_of_this_api(client: FlaskClient) -> None
 @pytest.mark.parametrize("asset", ["index.html", "oauth2-redirect.html", "..%2Fusersapi.py"])
 def test_only_the_files_the_docs_page_uses_are_served(client: FlaskClient, asset: str) -> None:
     assert_problem(client.get(f"/docs/{asset}"), 404)
+
+
+def test_openapi_describes_versions_and_preconditions(client: FlaskClient) -> None:
+    doc = json_of(client.get("/openapi.json"))
+    schemas = doc["components"]["schemas"]
+    assert "version" in schemas["User"]["required"]
+    assert schemas["User"]["properties"]["version"] == {
+        "minimum": 1,
+        "title": "Version",
+        "type": "integer",
+    }
+    assert schemas["UserEdit"]["properties"]["version"]["minimum"] == 1
+    one = doc["paths"]["/users/{user_id}"]
+    assert "ETag" in one["get"]["responses"]["200"]["headers"]
+    assert set(one["get"]["responses"]["304"]) == {"description", "headers"}
+    assert "If-None-Match" in {p["name"] for p in one["get"]["parameters"]}
+    for method in ("patch", "delete"):
+        assert "412" in one[method]["responses"]
+        assert "If-Match" in {p["name"] for p in one[method]["parameters"]}
+    assert "ETag" in one["patch"]["responses"]["200"]["headers"]
+    batch = doc["paths"]["/users"]
+    assert "412" in batch["patch"]["responses"]
+    assert "ETag" in batch["post"]["responses"]["201"]["headers"]
+    assert batch["patch"]["responses"]["412"]["description"] == "Precondition Failed"
 
 
 # --------------------------------------------------------------------------------------
@@ -477,10 +511,19 @@ def test_a_batch_with_a_taken_email_writes_nothing(client: FlaskClient) -> None:
 
 def test_emails_repeated_inside_a_batch_are_409(client: FlaskClient) -> None:
     batch = [a_user(1, email="dup@x.io"), a_user(2), a_user(3, email="DUP@x.io")]
-    errors = assert_problem(client.post("/users", json=batch), 409)
+    response = client.post("/users", json=batch)
+    errors = assert_problem(response, 409)
     assert errors[0]["index"] == 2
     assert "repeated in the batch (item 0)" in errors[0]["message"]
+    assert response.json is not None
+    assert response.json["detail"] == "an email is repeated in the batch"
     assert user_count(client) == 0
+    create(client, a_user(9))
+    both = [*batch, a_user(4, email="user9@example.com")]
+    response = client.post("/users", json=both)
+    assert fields_in(assert_problem(response, 409)) == {(2, "email"), (3, "email")}
+    assert response.json is not None
+    assert response.json["detail"] == "some emails are repeated in the batch or already in use"
 
 
 def test_only_email_must_be_unique(client: FlaskClient) -> None:
@@ -572,11 +615,19 @@ def test_unknown_ids_are_404(client: FlaskClient) -> None:
     assert_problem(client.patch(f"/users/{user_id}", json={"name": "x"}), 404)
 
 
-@pytest.mark.parametrize("user_id", ["nope", "0" * 25, "0" * 23, "$ne", "g" * 24])
-def test_malformed_ids_are_404(client: FlaskClient, user_id: str) -> None:
-    assert_problem(client.get(f"/users/{user_id}"), 404)
-    assert_problem(client.delete(f"/users/{user_id}"), 404)
-    assert_problem(client.patch(f"/users/{user_id}", json={"name": "x"}), 404)
+@pytest.mark.parametrize("user_id", ["nope", "0" * 25, "0" * 23, "$ne", "g" * 24, "searchy"])
+def test_malformed_ids_are_404_like_unknown_ones(client: FlaskClient, user_id: str) -> None:
+    same = [{"index": None, "field": "id", "message": f"no user has id {user_id}"}]
+    assert assert_problem(client.get(f"/users/{user_id}"), 404) == same
+    assert assert_problem(client.delete(f"/users/{user_id}"), 404) == same
+    assert assert_problem(client.patch(f"/users/{user_id}", json={"name": "x"}), 404) == same
+    response = client.delete(f"/users/{user_id}", headers={"If-Match": '"1"'})
+    assert assert_problem(response, 404) == same
+
+
+def test_other_paths_under_users_are_unknown_routes(client: FlaskClient) -> None:
+    errors = assert_problem(client.get("/users/0123456789abcdef01234567/extra"), 404)
+    assert errors == []
 
 
 def test_pagination(client: FlaskClient) -> None:
@@ -811,10 +862,418 @@ def test_delete(client: FlaskClient) -> None:
     response = client.delete(f"/users/{gone['id']}")
     assert response.status_code == 204
     assert response.get_data() == b""
+    assert "Content-Type" not in response.headers
     assert_problem(client.get(f"/users/{gone['id']}"), 404)
     assert_problem(client.delete(f"/users/{gone['id']}"), 404)
     assert listed(client) == [keep]
     create(client, a_user(3, email=gone["email"]))
+
+
+# --------------------------------------------------------------------------------------
+# Problem documents and bodies written for people
+# --------------------------------------------------------------------------------------
+
+
+def test_problem_titles_are_rfc_9110_reason_phrases() -> None:
+    client = create_app(in_memory(max_batch=1)).test_client()
+    too_many = client.post("/users", json=[a_user(1), a_user(2)])
+    assert_problem(too_many, 413)
+    assert too_many.json is not None
+    assert json_of(too_many)["title"] == "Content Too Large"
+    invalid = client.post("/users", json=a_user(1, username="?"))
+    assert_problem(invalid, 422)
+    assert invalid.json is not None
+    assert json_of(invalid)["title"] == "Unprocessable Content"
+    doc = client.get("/openapi.json").json
+    assert doc is not None
+    responses = doc["paths"]["/users"]["post"]["responses"]
+    assert responses["413"]["description"] == "Content Too Large"
+    assert responses["422"]["description"] == "Unprocessable Content"
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "message"),
+    [
+        (a_user(1, username="a b"), "username", "use 3 to 30 letters, digits, '.', '_' or '-'"),
+        (a_user(1, username=7), "username", "use 3 to 30 letters, digits, '.', '_' or '-'"),
+        (a_user(1, name=""), "name", "use 1 to 100 characters, not only spaces"),
+        (a_user(1, email=["x"]), "email", "use an email address, such as ada@example.com"),
+        (a_user(1, role="admin"), "role", "not a field of a user"),
+        ({"name": "x", "username": "xyz"}, "email", "required"),
+        ([a_user(1), "not an object"], None, "send each user as a JSON object"),
+    ],
+)
+def test_validation_messages_are_written_for_people(
+    client: FlaskClient, body: Json, field: str | None, message: str
+) -> None:
+    errors = assert_problem(client.post("/users", json=body), 422)
+    assert [(error["field"], error["message"]) for error in errors] == [(field, message)]
+
+
+def test_no_message_shows_a_pattern_or_a_model_name(client: FlaskClient) -> None:
+    user = create(client, a_user(1))
+    answers = [
+        client.post("/users", json=[a_user(2, username="?", email="@", name=" "), 3, {}]),
+        client.patch("/users", json=[{"id": 1, "version": "2"}, {"id": user["id"], "x": 1}]),
+        client.patch(f"/users/{user['id']}", json={"name": None}),
+        client.get("/users/search?q=%00&limit=x&offset=-1"),
+    ]
+    messages = [error["message"] for answer in answers for error in json_of(answer)["errors"]]
+    assert len(messages) >= 10
+    for message in messages:
+        assert not re.search(r"[\^\[\]{}$]|UserIn|UserEdit|UserChanges|Query|dictionary", message)
+
+
+def test_json_bodies_end_with_a_newline(client: FlaskClient) -> None:
+    user = create(client, a_user(1))
+    for path in ("/users", f"/users/{user['id']}", "/users/nope", "/openapi.json", "/health"):
+        body = client.get(path).get_data(as_text=True)
+        assert body.endswith("}\n"), path
+        json.loads(body)
+
+
+# --------------------------------------------------------------------------------------
+# Versions, entity tags and preconditions (optimistic concurrency)
+# --------------------------------------------------------------------------------------
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def test_a_new_user_is_at_version_1_and_carries_its_etag(client: FlaskClient) -> None:
+    response = client.post("/users", json=a_user(1))
+    assert response.status_code == 201
+    assert response.json is not None
+    assert json_of(response)["version"] == 1
+    assert response.headers["ETag"] == etag(1)
+    batch = client.post("/users", json=[a_user(2), a_user(3)])
+    assert batch.json is not None
+    assert [user["version"] for user in batch.json] == [1, 1]
+    assert "ETag" not in batch.headers
+    got = client.get(f"/users/{json_of(response)['id']}")
+    assert got.headers["ETag"] == etag(1)
+
+
+def test_every_change_adds_one_to_the_version_and_changes_the_etag(client: FlaskClient) -> None:
+    user, other = create(client, [a_user(1), a_user(2)])
+    path = f"/users/{user['id']}"
+    one = client.patch(path, json={"name": "One"})
+    assert (json_of(one)["version"], one.headers["ETag"]) == (2, etag(2))
+    solo = client.patch("/users", json={"id": user["id"], "name": "Two"})
+    assert (json_of(solo)["version"], solo.headers["ETag"]) == (3, etag(3))
+    batch = client.patch("/users", json=[{"id": user["id"], "name": "3"}, {"id": other["id"]}])
+    assert_problem(batch, 422)
+    batch = client.patch(
+        "/users", json=[{"id": user["id"], "name": "Three"}, {"id": other["id"], "name": "O"}]
+    )
+    assert [edited["version"] for edited in json_of(batch)] == [4, 2]
+    assert "ETag" not in batch.headers
+    got = client.get(path)
+    assert (json_of(got)["version"], got.headers["ETag"]) == (4, etag(4))
+    assert json_of(got)["name"] == "Three"
+
+
+def test_a_user_stored_without_a_version_is_at_version_1(app: Flask, client: FlaskClient) -> None:
+    moment = usersapi.now()
+    old = {**a_user(1), "created_at": moment, "updated_at": moment}
+    other = {**a_user(2), "created_at": moment, "updated_at": moment}
+    store_of(app).users().insert_many([old, other])
+    path = f"/users/{old['_id']}"
+    got = client.get(path)
+    assert (json_of(got)["version"], got.headers["ETag"]) == (1, etag(1))
+    assert client.get(path, headers={"If-None-Match": etag(1)}).status_code == 304
+    edited = client.patch(path, headers={"If-Match": etag(1)}, json={"name": "New"})
+    assert (edited.status_code, json_of(edited)["version"]) == (200, 2)
+    batch = [{"id": str(other["_id"]), "version": 1, "name": "Other"}]
+    assert json_of(client.patch("/users", json=batch))[0]["version"] == 2
+    third = {**a_user(3), "created_at": moment, "updated_at": moment}
+    store_of(app).users().insert_one(third)
+    gone = client.delete(f"/users/{third['_id']}", headers={"If-Match": etag(1)})
+    assert gone.status_code == 204
+
+
+@pytest.mark.parametrize("if_none_match", [etag(1), f"W/{etag(1)}", "*", f'"7", {etag(1)}'])
+def test_get_with_a_matching_if_none_match_is_304_without_a_body(
+    client: FlaskClient, if_none_match: str
+) -> None:
+    user = create(client, a_user(1))
+    response = client.get(f"/users/{user['id']}", headers={"If-None-Match": if_none_match})
+    assert response.status_code == 304
+    assert response.get_data() == b""
+    assert response.headers["ETag"] == etag(1)
+    assert "Content-Type" not in response.headers
+
+
+def test_get_with_an_old_if_none_match_returns_the_user(client: FlaskClient) -> None:
+    user = create(client, a_user(1))
+    path = f"/users/{user['id']}"
+    client.patch(path, json={"name": "Changed"})
+    response = client.get(path, headers={"If-None-Match": etag(1)})
+    assert response.status_code == 200
+    assert response.json is not None
+    assert (json_of(response)["name"], response.headers["ETag"]) == ("Changed", etag(2))
+
+
+@pytest.mark.parametrize("if_match", [etag(1), "*", f'"5", {etag(1)}', None])
+def test_patch_with_the_current_etag_or_star_or_none_proceeds(
+    client: FlaskClient, if_match: str | None
+) -> None:
+    user = create(client, a_user(1))
+    headers = {} if if_match is None else {"If-Match": if_match}
+    response = client.patch(f"/users/{user['id']}", headers=headers, json={"name": "New"})
+    assert response.status_code == 200
+    assert response.headers["ETag"] == etag(2)
+
+
+@pytest.mark.parametrize("if_match", [etag(2), f"W/{etag(1)}", '"one"', '"1x"', etag(10**30)])
+def test_patch_with_any_other_if_match_is_412_and_writes_nothing(
+    client: FlaskClient, if_match: str
+) -> None:
+    user = create(client, a_user(1))
+    path = f"/users/{user['id']}"
+    errors = assert_problem(
+        client.patch(path, headers={"If-Match": if_match}, json={"name": "x"}), 412
+    )
+    assert errors == [
+        {
+            "index": None,
+            "field": "If-Match",
+            "message": "the user has changed: it is now at version 1",
+        }
+    ]
+    assert client.get(path).json == user
+
+
+def test_a_stale_if_match_after_a_change_is_412(client: FlaskClient) -> None:
+    user = create(client, a_user(1))
+    path = f"/users/{user['id']}"
+    first = client.patch(path, headers={"If-Match": etag(1)}, json={"name": "First"})
+    assert first.status_code == 200
+    second = client.patch(path, headers={"If-Match": etag(1)}, json={"name": "Second"})
+    errors = assert_problem(second, 412)
+    assert "now at version 2" in errors[0]["message"]
+    assert client.get(path).json == first.json
+
+
+def test_if_match_ranks_after_invalid_fields_and_unknown_users(client: FlaskClient) -> None:
+    user = create(client, a_user(1))
+    stale = {"If-Match": etag(5)}
+    assert_problem(client.patch(f"/users/{user['id']}", headers=stale, json={"name": ""}), 422)
+    unknown = "/users/0123456789abcdef01234567"
+    assert_problem(client.patch(unknown, headers=stale, json={"name": "x"}), 404)
+    assert_problem(client.delete(unknown, headers=stale), 404)
+
+
+def test_the_version_of_a_single_edit_goes_in_if_match(client: FlaskClient) -> None:
+    user = create(client, a_user(1))
+    errors = assert_problem(
+        client.patch(f"/users/{user['id']}", json={"version": 1, "name": "x"}), 422
+    )
+    assert errors == [
+        {"index": None, "field": "version", "message": "send the version as If-Match"}
+    ]
+
+
+def test_delete_honours_if_match(client: FlaskClient) -> None:
+    first, second, third = create(client, [a_user(1), a_user(2), a_user(3)])
+    path = f"/users/{first['id']}"
+    client.patch(path, json={"name": "Changed"})
+    errors = assert_problem(client.delete(path, headers={"If-Match": etag(1)}), 412)
+    assert errors == [
+        {
+            "index": None,
+            "field": "If-Match",
+            "message": "the user has changed: it is now at version 2",
+        }
+    ]
+    assert client.get(path).status_code == 200
+    assert client.delete(path, headers={"If-Match": etag(2)}).status_code == 204
+    assert client.delete(f"/users/{second['id']}", headers={"If-Match": "*"}).status_code == 204
+    assert client.delete(f"/users/{third['id']}").status_code == 204
+    assert user_count(client) == 0
+
+
+def test_batch_items_with_a_stale_version_refuse_the_whole_batch(client: FlaskClient) -> None:
+    a, b, c, d = create(client, [a_user(1), a_user(2), a_user(3), a_user(4)])
+    client.patch(f"/users/{b['id']}", json={"name": "B"})
+    client.patch(f"/users/{c['id']}", json={"name": "C"})
+    client.patch(f"/users/{c['id']}", json={"name": "C2"})
+    before = listed(client)
+    edits = [
+        {"id": a["id"], "version": 1, "name": "a"},
+        {"id": b["id"], "version": 1, "name": "b"},
+        {"id": c["id"], "version": 2, "name": "c"},
+        {"id": d["id"], "name": "no version, no precondition"},
+    ]
+    response = client.patch("/users", json=edits)
+    errors = assert_problem(response, 412)
+    assert errors == [
+        {"index": 1, "field": "version", "message": "the user has changed: it is now at version 2"},
+        {"index": 2, "field": "version", "message": "the user has changed: it is now at version 3"},
+    ]
+    assert listed(client) == before
+    current = [
+        {"id": a["id"], "version": 1, "name": "a"},
+        {"id": b["id"], "version": 2, "name": "b"},
+        {"id": c["id"], "name": "c"},
+        {"id": d["id"], "version": 1, "name": "d"},
+    ]
+    edited = json_of(client.patch("/users", json=current))
+    assert [(user["name"], user["version"]) for user in edited] == [
+        ("a", 2),
+        ("b", 3),
+        ("c", 4),
+        ("d", 2),
+    ]
+
+
+def test_a_stale_batch_ranks_412_after_404_and_before_409(client: FlaskClient) -> None:
+    a, b = create(client, [a_user(1), a_user(2)])
+    client.patch(f"/users/{a['id']}", json={"name": "A"})
+    stale = {"id": a["id"], "version": 1, "name": "x"}
+    unknown = {"id": "0123456789abcdef01234567", "name": "x"}
+    taken = {"id": b["id"], "email": "user1@example.com"}
+    invalid = {"id": b["id"], "username": "?"}
+    errors = assert_problem(client.patch("/users", json=[stale, unknown]), 404)
+    assert fields_in(errors) == {(0, "version"), (1, "id")}
+    errors = assert_problem(client.patch("/users", json=[stale, taken]), 412)
+    assert fields_in(errors) == {(0, "version"), (1, "email")}
+    errors = assert_problem(client.patch("/users", json=[stale, invalid]), 422)
+    assert fields_in(errors) == {(0, "version"), (1, "username")}
+
+
+@pytest.mark.parametrize("version", [0, -1, "1", 1.5, True, None, [1]])
+def test_a_version_that_is_not_a_positive_integer_is_422(
+    client: FlaskClient, version: Json
+) -> None:
+    user = create(client, a_user(1))
+    edit = {"id": user["id"], "version": version, "name": "x"}
+    errors = assert_problem(client.patch("/users", json=[edit]), 422)
+    assert fields_in(errors) == {(0, "version")}
+    assert client.get(f"/users/{user['id']}").json == user
+
+
+def race(count: int, request: Callable[[FlaskClient], TestResponse], app: Flask) -> list[int]:
+    """COUNT requests started together on their own threads; their statuses."""
+    barrier = threading.Barrier(count)
+    statuses: list[int] = []
+
+    def run() -> None:
+        client = app.test_client()
+        barrier.wait()
+        statuses.append(request(client).status_code)
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return statuses
+
+
+def test_of_24_concurrent_patches_with_one_if_match_exactly_one_wins(
+    app: Flask, client: FlaskClient
+) -> None:
+    user = create(client, a_user(1))
+    path = f"/users/{user['id']}"
+    counter = iter(range(24))
+
+    def patch(racer: FlaskClient) -> TestResponse:
+        name = f"Racer {next(counter)}"
+        return racer.patch(path, headers={"If-Match": etag(1)}, json={"name": name})
+
+    statuses = race(24, patch, app)
+    assert sorted(statuses) == [200] + [412] * 23
+    final = client.get(path).json
+    assert final is not None
+    assert final["version"] == 2
+    assert final["name"].startswith("Racer ")
+
+
+def test_24_concurrent_unconditional_patches_all_count(app: Flask, client: FlaskClient) -> None:
+    user = create(client, a_user(1))
+    path = f"/users/{user['id']}"
+    statuses = race(24, lambda racer: racer.patch(path, json={"name": "Racer"}), app)
+    assert statuses == [200] * 24
+    final = client.get(path).json
+    assert final is not None
+    assert final["version"] == 25
+
+
+def concurrent_edit(
+    app: Flask, monkeypatch: pytest.MonkeyPatch, user_id: str, times: int = 1
+) -> None:
+    """Another request edits USER_ID each time a batch has read its users, TIMES times."""
+    read = UserStore.find_many
+    left = [times]
+
+    def find_then_change(self: UserStore, ids: Any) -> Any:
+        found = read(self, ids)
+        if left[0] > 0:
+            left[0] -= 1
+            oid = usersapi.to_object_id(user_id)
+            store_of(app).users().update_one(
+                {"_id": oid},
+                {
+                    "$set": {"name": "Concurrent", "updated_at": usersapi.now()},
+                    "$inc": {"version": 1},
+                },
+            )
+        return found
+
+    monkeypatch.setattr(UserStore, "find_many", find_then_change)
+
+
+def test_a_batch_that_loses_a_race_part_way_is_undone_and_412(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = create(client, [a_user(1), a_user(2)])
+    concurrent_edit(app, monkeypatch, b["id"])
+    edits = [{"id": a["id"], "name": "Batch"}, {"id": b["id"], "version": 1, "email": "b@x.io"}]
+    errors = assert_problem(client.patch("/users", json=edits), 412)
+    assert errors == [
+        {"index": 1, "field": "version", "message": "the user has changed: it is now at version 2"}
+    ]
+    assert client.get(f"/users/{a['id']}").json == a
+    # The undo never touches the concurrent write, though it is at the version the batch wrote.
+    concurrent = client.get(f"/users/{b['id']}").json
+    assert concurrent is not None
+    assert (concurrent["name"], concurrent["email"], concurrent["version"]) == (
+        "Concurrent",
+        b["email"],
+        2,
+    )
+
+
+def test_an_unconditional_batch_that_loses_a_race_is_applied_on_top(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = create(client, [a_user(1), a_user(2)])
+    concurrent_edit(app, monkeypatch, b["id"])
+    edits = [{"id": a["id"], "name": "Batch"}, {"id": b["id"], "email": "b@x.io"}]
+    response = client.patch("/users", json=edits)
+    assert response.status_code == 200
+    edited_b = client.get(f"/users/{b['id']}").json
+    assert edited_b is not None
+    assert (edited_b["name"], edited_b["email"], edited_b["version"]) == ("Concurrent", "b@x.io", 3)
+    assert response.json is not None
+    assert json_of(response)[1] == edited_b
+    assert json_of(client.get(f"/users/{a['id']}"))["version"] == 2
+
+
+def test_a_batch_that_keeps_losing_races_gives_up_with_409(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = create(client, [a_user(1), a_user(2)])
+    concurrent_edit(app, monkeypatch, b["id"], times=usersapi.EDIT_ATTEMPTS)
+    edits = [{"id": a["id"], "name": "Batch"}, {"id": b["id"], "email": "b@x.io"}]
+    response = client.patch("/users", json=edits)
+    assert_problem(response, 409)
+    assert response.json is not None
+    assert "kept changing" in json_of(response)["detail"]
+    assert client.get(f"/users/{a['id']}").json == a
+    assert json_of(client.get(f"/users/{b['id']}"))["version"] == 1 + usersapi.EDIT_ATTEMPTS
 
 
 # --------------------------------------------------------------------------------------

@@ -14,9 +14,11 @@ import os
 import re
 import sys
 import threading
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from http import HTTPStatus
 from importlib.resources import files
 from importlib.util import find_spec
@@ -38,6 +40,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.json_schema import SkipJsonSchema, models_json_schema
+from pydantic_core import ErrorDetails
 from pymongo import ASCENDING, MongoClient, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import (
@@ -46,9 +49,10 @@ from pymongo.errors import (
     OperationFailure,
     PyMongoError,
 )
+from werkzeug import routing
+from werkzeug.datastructures import ETags
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
-from werkzeug.routing import BaseConverter
 
 log = logging.getLogger("usersapi")
 
@@ -177,6 +181,7 @@ Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max
 Username = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{3,30}$")]
 Email = Annotated[EmailStr, AfterValidator(str.lower)]  # stored and compared lower-cased
 ObjectIdStr = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{24}$")]
+Version = Annotated[int, Field(strict=True, ge=1)]  # 1 on create, +1 on every change
 
 
 class UserIn(BaseModel):
@@ -201,7 +206,8 @@ class UserChanges(BaseModel):
     email: Email | SkipJsonSchema[None] = None
     username: Username | SkipJsonSchema[None] = None
 
-    @field_validator("name", "email", "username", mode="before")
+    # check_fields=False: version is a field of the batch item (UserEdit) only.
+    @field_validator("name", "email", "username", "version", mode="before", check_fields=False)
     @classmethod
     def reject_null(cls, value: object) -> object:
         if value is None:
@@ -210,7 +216,7 @@ class UserChanges(BaseModel):
 
     @model_validator(mode="after")
     def require_a_change(self) -> Self:
-        if not self.model_fields_set - {"id"}:
+        if not self.model_fields_set - {"id", "version"}:
             raise ValueError("give at least one of name, email, username")
         return self
 
@@ -219,12 +225,14 @@ class UserChanges(BaseModel):
 
 
 class UserEdit(UserChanges):
-    """One item of a batch edit: the user's id and the fields to change."""
+    """One item of a batch edit: the user's id, the fields to change and, optionally, the
+    version the change was made from (the edit is refused if the user has moved on)."""
 
     model_config = ConfigDict(title="UserEdit", json_schema_extra={"minProperties": 2})
 
     # Any string is accepted here: an id that is not an ObjectId is reported as not found.
     id: str
+    version: Version | SkipJsonSchema[None] = None
 
 
 class User(BaseModel):
@@ -234,6 +242,7 @@ class User(BaseModel):
     name: str
     email: str
     username: str
+    version: Version
     created_at: datetime
     updated_at: datetime
 
@@ -267,6 +276,48 @@ class SearchQuery(PageQuery):
         description="Text that the name, email or username contains, in any letter case; "
         "taken literally (not a pattern).",
     )
+
+
+# RFC 9110's reason phrases, the titles of problem documents. (Python's HTTPStatus gives the
+# older names of 413 and 422 before 3.13.) 428, 429 and 431 are RFC 6585's.
+REASON_PHRASES = {
+    200: "OK",
+    201: "Created",
+    204: "No Content",
+    304: "Not Modified",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    406: "Not Acceptable",
+    408: "Request Timeout",
+    409: "Conflict",
+    410: "Gone",
+    411: "Length Required",
+    412: "Precondition Failed",
+    413: "Content Too Large",
+    414: "URI Too Long",
+    415: "Unsupported Media Type",
+    416: "Range Not Satisfiable",
+    417: "Expectation Failed",
+    421: "Misdirected Request",
+    422: "Unprocessable Content",
+    426: "Upgrade Required",
+    428: "Precondition Required",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+    505: "HTTP Version Not Supported",
+}
+
+
+def reason_phrase(status: int) -> str:
+    return REASON_PHRASES.get(status, "Error")
 
 
 class ProblemItem(BaseModel):
@@ -303,6 +354,33 @@ class ApiError(Exception):
         self.errors = list(errors)
 
 
+# What each field takes, in words: the message when a value breaks the field's rule.
+FIELD_RULES = {
+    "name": "use 1 to 100 characters, not only spaces",
+    "email": "use an email address, such as ada@example.com",
+    "username": "use 3 to 30 letters, digits, '.', '_' or '-'",
+    "id": "use the user's id, a string",
+    "version": "use the user's version, a whole number from 1 up",
+    "q": "use 1 to 200 characters, not only spaces",
+    "limit": "use a whole number from 1 to 500",
+    "offset": "use a whole number from 0 to 2147483647",
+}
+
+
+def human_message(error: ErrorDetails, field: str | None) -> str:
+    """pydantic's error in words for people: no patterns, no model names."""
+    kind = error["type"]
+    if kind == "missing":
+        return "required"
+    if kind == "extra_forbidden":
+        return "not a field of a user"
+    if kind == "model_type":
+        return "send each user as a JSON object"
+    if kind == "value_error":  # the validators' own messages and the email checker's
+        return error["msg"].removeprefix("Value error, ")
+    return FIELD_RULES.get(field or "", error["msg"])
+
+
 def problem_items(exc: ValidationError, index: int | None) -> list[ProblemItem]:
     """pydantic's errors as problem items, one per invalid field.
 
@@ -314,7 +392,8 @@ def problem_items(exc: ValidationError, index: int | None) -> list[ProblemItem]:
         if error["type"] == "none_required":
             continue
         field = str(error["loc"][0]) if error["loc"] else None
-        items.append(ProblemItem(index=index, field=field, message=error["msg"]))
+        message = human_message(error, field)
+        items.append(ProblemItem(index=index, field=field, message=message))
     return items
 
 
@@ -378,18 +457,42 @@ def repeated(values: Mapping[int, str], field: str) -> list[ProblemItem]:
     return errors
 
 
-def reject_batch(
-    invalid: list[ProblemItem], missing: list[ProblemItem], conflicts: list[ProblemItem]
-) -> None:
+@dataclass
+class BatchErrors:
+    """Everything wrong with a batch, by kind, from the gravest to the least grave."""
+
+    invalid: list[ProblemItem] = field(default_factory=list)  # 422
+    missing: list[ProblemItem] = field(default_factory=list)  # 404
+    stale: list[ProblemItem] = field(default_factory=list)  # 412
+    repeated_emails: list[ProblemItem] = field(default_factory=list)  # 409
+    taken_emails: list[ProblemItem] = field(default_factory=list)  # 409
+
+    def all(self) -> list[ProblemItem]:
+        errors = self.invalid + self.missing + self.stale
+        errors += self.repeated_emails + self.taken_emails
+        return sorted(errors, key=lambda error: error.index or 0)
+
+    def conflict_detail(self) -> str:
+        if not self.taken_emails:
+            return "an email is repeated in the batch"
+        if not self.repeated_emails:
+            return "some emails are already in use"
+        return "some emails are repeated in the batch or already in use"
+
+
+def reject_batch(errors: BatchErrors) -> None:
     """Refuse a batch with any error, listing them all. The status is that of the gravest
-    kind: invalid fields (422), then unknown users (404), then emails in use (409)."""
-    errors = sorted(invalid + missing + conflicts, key=lambda error: error.index or 0)
-    if invalid:
-        raise ApiError(HTTPStatus.UNPROCESSABLE_ENTITY, "some users are invalid", errors)
-    if missing:
-        raise ApiError(HTTPStatus.NOT_FOUND, "some users do not exist", errors)
-    if conflicts:
-        raise ApiError(HTTPStatus.CONFLICT, "some emails are already in use", errors)
+    kind: invalid fields (422), unknown users (404), users changed since the version the
+    edit was made from (412), then emails repeated or in use (409)."""
+    if errors.invalid:
+        raise ApiError(HTTPStatus.UNPROCESSABLE_ENTITY, "some users are invalid", errors.all())
+    if errors.missing:
+        raise ApiError(HTTPStatus.NOT_FOUND, "some users do not exist", errors.all())
+    if errors.stale:
+        detail = "some users have changed since the version given"
+        raise ApiError(HTTPStatus.PRECONDITION_FAILED, detail, errors.all())
+    if errors.repeated_emails or errors.taken_emails:
+        raise ApiError(HTTPStatus.CONFLICT, errors.conflict_detail(), errors.all())
 
 
 # --------------------------------------------------------------------------------------
@@ -410,8 +513,25 @@ def to_object_id(user_id: str) -> ObjectId | None:
     return ObjectId(user_id) if ObjectId.is_valid(user_id) else None
 
 
+EDITABLE_FIELDS = ("name", "email", "username", "updated_at")
+
+
+def version_of(doc: Document) -> int:
+    """The user's version; documents written before versions existed count as 1."""
+    version: int = doc.get("version", 1)
+    return version
+
+
 def to_user(doc: Document) -> User:
-    return User.model_validate({**doc, "id": str(doc["_id"])})
+    return User.model_validate({**doc, "id": str(doc["_id"]), "version": version_of(doc)})
+
+
+def at_versions(versions: Iterable[int]) -> Document:
+    """A filter for users at one of these versions (version 1 includes a missing version)."""
+    wanted: list[int | None] = [*sorted(versions)]
+    if 1 in wanted:
+        wanted.append(None)
+    return {"version": {"$in": wanted}}
 
 
 def contains_text(text: str) -> Document:
@@ -434,6 +554,11 @@ def first_write_error(exc: BulkWriteError) -> Mapping[str, Any]:
     return error
 
 
+class ChangedMeanwhileError(Exception):
+    """A compare-and-set found a user at another version than the one the edit was made from:
+    a concurrent request changed it. The batch's own writes have been undone."""
+
+
 def taken_meanwhile(exc: BulkWriteError, docs: list[Document]) -> Exception:
     """The error to answer when the unique index stopped a batch: a 409 naming the email a
     concurrent request took since the batch was checked, or EXC itself for any other cause."""
@@ -447,9 +572,9 @@ def taken_meanwhile(exc: BulkWriteError, docs: list[Document]) -> Exception:
 
 def make_client(settings: Settings) -> MongoClient[Document]:
     if settings.in_memory:
-        import mongomock  # noqa: PLC0415 - development and test dependency only
+        from inmemory import in_memory_client  # noqa: PLC0415 - development and tests only
 
-        client: MongoClient[Document] = mongomock.MongoClient(tz_aware=True)
+        client: MongoClient[Document] = in_memory_client()
         return client
     # Credentials from MONGO_USER and MONGO_PASSWORD; otherwise those in MONGO_URI, if any.
     credentials: dict[str, Any] = {}
@@ -538,25 +663,61 @@ class UserStore:
             raise taken_meanwhile(exc, docs) from None
 
     def update_all(self, before: list[Document], after: list[Document]) -> None:
-        """Apply every edit or none: if the unique index rejects one, the edits already
-        applied are reverted to BEFORE."""
+        """Turn every user from BEFORE into AFTER, or none. Each write is a compare-and-set:
+        it applies only while the user is still at the version it has in BEFORE. If one finds
+        the user changed (ChangedMeanwhileError) or the unique index rejects one (409), the
+        writes already applied are undone."""
         users = self.users()
+        # Marks this batch's writes, so an undo finds exactly them: a concurrent request that
+        # won a compare-and-set writes the same version number, but never this mark.
+        write_id = uuid.uuid4().hex
+        writes = [
+            self._compare_and_set(old, new, write_id)
+            for old, new in zip(before, after, strict=True)
+        ]
         try:
-            users.bulk_write([self._set_fields(doc) for doc in after], ordered=True)
+            result = users.bulk_write(writes, ordered=True)
         except BulkWriteError as exc:
             applied = first_failure(exc)  # an ordered bulk write stops at its first failure
-            if applied:
-                users.bulk_write([self._set_fields(doc) for doc in before[:applied]])
+            self._undo(before[:applied], write_id)
             raise taken_meanwhile(exc, after) from None
+        if result.matched_count < len(after):
+            self._undo(before, write_id)
+            raise ChangedMeanwhileError
 
     @staticmethod
-    def _set_fields(doc: Document) -> UpdateOne:
-        fields = {key: doc[key] for key in ("name", "email", "username", "updated_at")}
-        return UpdateOne({"_id": doc["_id"]}, {"$set": fields})
+    def _compare_and_set(old: Document, new: Document, write_id: str) -> UpdateOne:
+        """Write NEW's fields and version, marked with WRITE_ID, while the user is at OLD's
+        version."""
+        fields = {key: new[key] for key in EDITABLE_FIELDS}
+        update = {**fields, "version": version_of(new), "write_id": write_id}
+        return UpdateOne({"_id": old["_id"], **at_versions([version_of(old)])}, {"$set": update})
 
-    def delete(self, user_id: str) -> bool:
+    def _undo(self, before: list[Document], write_id: str) -> None:
+        """Put BEFORE back on the users that the write WRITE_ID changed, and only on those."""
+        if before:
+            reverts = [
+                UpdateOne(
+                    {"_id": old["_id"], "write_id": write_id},
+                    {
+                        "$set": {
+                            **{key: old[key] for key in EDITABLE_FIELDS},
+                            "version": version_of(old),
+                        },
+                        "$unset": {"write_id": ""},
+                    },
+                )
+                for old in before
+            ]
+            self.users().bulk_write(reverts, ordered=False)
+
+    def delete(self, user_id: str, versions: frozenset[int] | None = None) -> bool:
+        """Delete the user, if it is at one of VERSIONS (any version when None)."""
         oid = to_object_id(user_id)
-        return oid is not None and self.users().delete_one({"_id": oid}).deleted_count == 1
+        if oid is None:
+            return False
+        match = {"_id": oid} if versions is None else {"_id": oid, **at_versions(versions)}
+        return self.users().delete_one(match).deleted_count == 1
 
 
 # --------------------------------------------------------------------------------------
@@ -576,21 +737,70 @@ def emails_in_use(
     ]
 
 
+def has_changed(index: int | None, field: str, version: int) -> ProblemItem:
+    message = f"the user has changed: it is now at version {version}"
+    return ProblemItem(index=index, field=field, message=message)
+
+
+def changed_since(
+    versions: Mapping[int, int], wanted: Mapping[int, frozenset[int]], field: str
+) -> list[ProblemItem]:
+    """An error for each user whose current version is not one the item was made from."""
+    return [
+        has_changed(index, field, versions[index])
+        for index, accepted in wanted.items()
+        if index in versions and versions[index] not in accepted
+    ]
+
+
 def create_users(store: UserStore, items: list[object]) -> list[User]:
     new_users, invalid = validate_items(UserIn, items)
     emails = {index: user.email for index, user in new_users.items()}
-    conflicts = repeated(emails, "email") + emails_in_use(store, emails, {})
-    reject_batch(invalid, [], conflicts)
+    reject_batch(
+        BatchErrors(
+            invalid=invalid,
+            repeated_emails=repeated(emails, "email"),
+            taken_emails=emails_in_use(store, emails, {}),
+        )
+    )
     moment = now()
     docs = [
-        {"_id": ObjectId(), **user.model_dump(), "created_at": moment, "updated_at": moment}
+        {
+            "_id": ObjectId(),
+            **user.model_dump(),
+            "version": 1,
+            "created_at": moment,
+            "updated_at": moment,
+        }
         for user in new_users.values()
     ]
     store.insert_all(docs)
     return [to_user(doc) for doc in docs]
 
 
-def edit_users(store: UserStore, items: list[object]) -> list[User]:
+EDIT_ATTEMPTS = 20
+
+
+def edit_users(
+    store: UserStore, items: list[object], if_match: frozenset[int] | None = None
+) -> list[User]:
+    """Edit a batch of users; IF_MATCH holds the versions a single edit may apply to.
+
+    A batch that loses a race to a concurrent edit of one of its users (ChangedMeanwhileError) is
+    checked and written again: an item given with a version then fails with 412, and an
+    item without one is applied on top of the concurrent change."""
+    for _ in range(EDIT_ATTEMPTS):
+        try:
+            return edit_users_once(store, items, if_match)
+        except ChangedMeanwhileError:
+            continue
+    detail = "the users kept changing while the batch was written; send it again"
+    raise ApiError(HTTPStatus.CONFLICT, detail)
+
+
+def edit_users_once(
+    store: UserStore, items: list[object], if_match: frozenset[int] | None
+) -> list[User]:
     edits, invalid = validate_items(UserEdit, items)
     invalid += repeated({index: edit.id for index, edit in edits.items()}, "id")
     ids = {index: to_object_id(edit.id) for index, edit in edits.items()}
@@ -601,17 +811,45 @@ def edit_users(store: UserStore, items: list[object]) -> list[User]:
         for index, edit in edits.items()
         if index not in found
     ]
+    versions = {index: version_of(existing[oid]) for index, oid in found.items()}
+    given = {i: frozenset({edit.version}) for i, edit in edits.items() if edit.version is not None}
+    stale = changed_since(versions, given, "version")
+    if if_match is not None:
+        stale += changed_since(versions, {0: if_match}, "If-Match")
     emails = {index: edit.email for index, edit in edits.items() if edit.email is not None}
-    conflicts = repeated(emails, "email") + emails_in_use(store, emails, found)
-    reject_batch(invalid, missing, conflicts)
+    reject_batch(
+        BatchErrors(
+            invalid=invalid,
+            missing=missing,
+            stale=stale,
+            repeated_emails=repeated(emails, "email"),
+            taken_emails=emails_in_use(store, emails, found),
+        )
+    )
     moment = now()
     before = [existing[oid] for oid in found.values()]
     after = [
-        {**doc, **edit.changes(), "updated_at": moment}
+        {**doc, **edit.changes(), "version": version_of(doc) + 1, "updated_at": moment}
         for doc, edit in zip(before, edits.values(), strict=True)
     ]
     store.update_all(before, after)
     return [to_user(doc) for doc in after]
+
+
+def user_not_found(user_id: str) -> ApiError:
+    error = ProblemItem(index=None, field="id", message=f"no user has id {user_id}")
+    return ApiError(HTTPStatus.NOT_FOUND, "the user does not exist", [error])
+
+
+def remove_user(store: UserStore, user_id: str, if_match: frozenset[int] | None) -> None:
+    """Delete the user; with IF_MATCH, only while it is at one of those versions."""
+    if store.delete(user_id, if_match):
+        return
+    doc = store.get(user_id)
+    if doc is None:
+        raise user_not_found(user_id)
+    stale = has_changed(None, "If-Match", version_of(doc))
+    raise ApiError(HTTPStatus.PRECONDITION_FAILED, "the user has changed", [stale])
 
 
 # --------------------------------------------------------------------------------------
@@ -619,11 +857,12 @@ def edit_users(store: UserStore, items: list[object]) -> list[User]:
 # --------------------------------------------------------------------------------------
 
 
-class ObjectIdConverter(BaseConverter):
-    """Matches user ids (24 hex digits), so /users/search is never taken for an id. Other
-    paths under /users/ are unknown resources: 404."""
+class UserIdConverter(routing.BaseConverter):
+    """Any one path segment names a user, except "search": /users/search is the search
+    resource, whatever the method (so a DELETE there is 405, not an unknown user). A
+    segment that is not a valid id is a user that does not exist: 404 naming it."""
 
-    regex = "[0-9a-fA-F]{24}"
+    regex = "(?!search$)[^/]+"
 
 
 bp = Blueprint("users", __name__)
@@ -642,9 +881,36 @@ def settings() -> Settings:
 
 
 def json_response(payload: object, status: int = HTTPStatus.OK) -> Response:
+    # The final newline keeps a shell prompt off the end of curl's output.
     return current_app.response_class(
-        json.dumps(payload, separators=(",", ":")), status=status, mimetype="application/json"
+        json.dumps(payload, separators=(",", ":")) + "\n",
+        status=status,
+        mimetype="application/json",
     )
+
+
+def user_response(user: User, status: int = HTTPStatus.OK) -> Response:
+    """One user, with its version as a strong entity tag."""
+    response = json_response(user.model_dump(mode="json"), status)
+    response.set_etag(str(user.version))
+    return response
+
+
+def accepted_versions(if_match: ETags) -> frozenset[int] | None:
+    """The versions an If-Match header accepts: None when absent or "*" (any version).
+    Only strong tags count (RFC 9110's strong comparison); a tag that is not one of ours
+    matches no version."""
+    if not if_match or if_match.star_tag:
+        return None
+    tags = [tag for tag in if_match.as_set() if tag]
+    # Versions are 64-bit integers in MongoDB: no longer tag can be one of them.
+    return frozenset(int(tag) for tag in tags if tag.isascii() and tag.isdigit() and len(tag) < 19)
+
+
+def no_content() -> Response:
+    response = current_app.response_class(status=HTTPStatus.NO_CONTENT)
+    del response.headers["Content-Type"]
+    return response
 
 
 def dump(users: list[User], *, single: bool) -> object:
@@ -658,11 +924,6 @@ def page_of(query: Document, page: PageQuery) -> Response:
     return json_response(
         {"items": items, "total": total, "limit": page.limit, "offset": page.offset}
     )
-
-
-def user_not_found(user_id: str) -> ApiError:
-    error = ProblemItem(index=None, field="id", message=f"no user has id {user_id}")
-    return ApiError(HTTPStatus.NOT_FOUND, "the user does not exist", [error])
 
 
 @bp.get("/health")
@@ -693,16 +954,20 @@ def write(
 def post_users() -> Response:
     items, single = read_batch(settings().max_batch)
     created = write(create_users, items, single=single)
-    response = json_response(dump(created, single=single), HTTPStatus.CREATED)
-    if single:
-        response.headers["Location"] = f"/users/{created[0].id}"
+    if not single:
+        return json_response(dump(created, single=False), HTTPStatus.CREATED)
+    response = user_response(created[0], HTTPStatus.CREATED)
+    response.headers["Location"] = f"/users/{created[0].id}"
     return response
 
 
 @bp.patch("/users")
 def patch_users() -> Response:
     items, single = read_batch(settings().max_batch)
-    return json_response(dump(write(edit_users, items, single=single), single=single))
+    edited = write(edit_users, items, single=single)
+    if single:
+        return user_response(edited[0])
+    return json_response(dump(edited, single=False))
 
 
 @bp.get("/users")
@@ -716,31 +981,45 @@ def search_users() -> Response:
     return page_of(contains_text(query.q), query)
 
 
-@bp.get("/users/<objectid:user_id>")
+@bp.get("/users/<userid:user_id>")
 def get_user(user_id: str) -> Response:
     doc = store().get(user_id)
     if doc is None:
         raise user_not_found(user_id)
-    return json_response(to_user(doc).model_dump(mode="json"))
+    user = to_user(doc)
+    # If-None-Match uses the weak comparison (RFC 9110), and "*" matches any user.
+    if request.if_none_match.contains_weak(str(user.version)):
+        not_modified = current_app.response_class(status=HTTPStatus.NOT_MODIFIED)
+        not_modified.set_etag(str(user.version))
+        return not_modified
+    return user_response(user)
 
 
-@bp.patch("/users/<objectid:user_id>")
+NOT_IN_BODY = {"id": "the id is taken from the path", "version": "send the version as If-Match"}
+
+
+@bp.patch("/users/<userid:user_id>")
 def patch_user(user_id: str) -> Response:
     body = read_json_body()
     if not isinstance(body, dict):
         raise ApiError(HTTPStatus.BAD_REQUEST, "send the fields to change as a JSON object")
-    if "id" in body:
-        error = ProblemItem(index=None, field="id", message="the id is taken from the path")
-        raise ApiError(HTTPStatus.UNPROCESSABLE_ENTITY, "some users are invalid", [error])
-    (edited,) = write(edit_users, [{**body, "id": user_id}], single=True)
-    return json_response(edited.model_dump(mode="json"))
+    misplaced = [
+        ProblemItem(index=None, field=name, message=message)
+        for name, message in NOT_IN_BODY.items()
+        if name in body
+    ]
+    if misplaced:
+        raise ApiError(HTTPStatus.UNPROCESSABLE_ENTITY, "some users are invalid", misplaced)
+    if_match = accepted_versions(request.if_match)
+    edit = partial(edit_users, if_match=if_match)
+    (edited,) = write(edit, [{**body, "id": user_id}], single=True)
+    return user_response(edited)
 
 
-@bp.delete("/users/<objectid:user_id>")
+@bp.delete("/users/<userid:user_id>")
 def delete_user(user_id: str) -> Response:
-    if not store().delete(user_id):
-        raise user_not_found(user_id)
-    return current_app.response_class(status=HTTPStatus.NO_CONTENT)
+    remove_user(store(), user_id, accepted_versions(request.if_match))
+    return no_content()
 
 
 @bp.get("/openapi.json")
@@ -823,7 +1102,7 @@ def problem_response(
 ) -> Response:
     problem = Problem(
         type=PROBLEM_TYPE,
-        title=HTTPStatus(status).phrase,
+        title=reason_phrase(status),
         status=status,
         detail=detail,
         errors=errors,
@@ -841,7 +1120,7 @@ def handle_api_error(exc: ApiError) -> Response:
 def handle_http_exception(exc: HTTPException) -> Response:
     status = exc.code or HTTPStatus.INTERNAL_SERVER_ERROR
     allow = {k: v for k, v in exc.get_headers() if k == "Allow"}
-    return problem_response(status, exc.description or HTTPStatus(status).phrase, [], allow)
+    return problem_response(status, exc.description or reason_phrase(status), [], allow)
 
 
 def database_unavailable() -> Response:
@@ -908,7 +1187,7 @@ def problem(status: int, detail: str, *errors: tuple[int | None, str | None, str
     items = [ProblemItem(index=index, field=field, message=msg) for index, field, msg in errors]
     return Problem(
         type=PROBLEM_TYPE,
-        title=HTTPStatus(status).phrase,
+        title=reason_phrase(status),
         status=status,
         detail=detail,
         errors=items,
@@ -919,7 +1198,6 @@ ADA = {"name": "Ada Lovelace", "email": "ada@example.com", "username": "ada"}
 TURING = {"name": "Alan Turing", "email": "alan@example.com", "username": "alan"}
 HOPPER = {"name": "Grace Hopper", "email": "grace@example.com", "username": "grace"}
 ADA_ID, TURING_ID = "665f1c2e8b3e4a1f2c3d4e5f", "665f1c2e8b3e4a1f2c3d4e60"
-BAD_USERNAME = "String should match pattern '^[A-Za-z0-9._-]{3,30}$'"
 BATCH_RULES = (
     "Send one object, or an array of 1 to {max_batch} of them (the answer has the same shape, "
     "in input order). A batch is checked as a whole before anything is written: if any item "
@@ -941,7 +1219,7 @@ def problem_examples(max_batch: int) -> dict[int, dict[str, tuple[str, Document]
                 problem(
                     400,
                     "invalid query parameters",
-                    (None, "limit", "Input should be less than or equal to 500"),
+                    (None, "limit", FIELD_RULES["limit"]),
                 ),
             ),
         },
@@ -970,7 +1248,7 @@ def problem_examples(max_batch: int) -> dict[int, dict[str, tuple[str, Document]
                 "A batch",
                 problem(
                     409,
-                    taken,
+                    "an email is repeated in the batch",
                     (1, "email", "email alan@example.com is repeated in the batch (item 0)"),
                 ),
             ),
@@ -1002,7 +1280,9 @@ def problem_examples(max_batch: int) -> dict[int, dict[str, tuple[str, Document]
             ),
             "batch": (
                 "A batch",
-                problem(422, invalid, (0, "name", "Field required"), (1, "username", BAD_USERNAME)),
+                problem(
+                    422, invalid, (0, "name", "required"), (1, "username", FIELD_RULES["username"])
+                ),
             ),
         },
         503: {
@@ -1017,11 +1297,38 @@ def problem_examples(max_batch: int) -> dict[int, dict[str, tuple[str, Document]
 def problems(*statuses: int, examples: Mapping[int, Mapping[str, Any]] | None = None) -> Document:
     return {
         str(status): {
-            "description": HTTPStatus(status).phrase,
+            "description": reason_phrase(status),
             **json_content(ref(Problem), "application/problem+json", (examples or {}).get(status)),
         }
         for status in statuses
     }
+
+
+ETAG = {
+    "ETag": {
+        "description": 'the user\'s version as a strong entity tag, such as "3"',
+        "schema": {"type": "string"},
+    }
+}
+SINGLE_ETAG = {"ETag": {**ETAG["ETag"], "description": "when one user was sent: its ETag"}}
+
+
+def precondition(name: str, description: str) -> Document:
+    return {
+        "name": name,
+        "in": "header",
+        "required": False,
+        "description": description,
+        "schema": {"type": "string"},
+    }
+
+
+IF_MATCH = precondition(
+    "If-Match", 'apply only while the user\'s ETag is one of these (or "*"); else 412'
+)
+IF_NONE_MATCH = precondition(
+    "If-None-Match", "answer 304 without a body while the user's ETag is one of these"
+)
 
 
 def query_parameters(model: type[PageQuery]) -> list[Document]:
@@ -1049,9 +1356,13 @@ def operation(
     body_examples: Mapping[str, Any] | None = None,
     error_examples: Mapping[int, Mapping[str, Any]] | None = None,
     description: str = "",
+    headers: Mapping[str, Any] | None = None,
 ) -> Document:
+    """An operation answering OK = (status, schema) with HEADERS, or a problem with ERRORS."""
     status, schema = ok
-    success = {"description": HTTPStatus(status).phrase, **(json_content(schema) if schema else {})}
+    success = {"description": reason_phrase(status), **(json_content(schema) if schema else {})}
+    if headers:
+        success["headers"] = headers
     responses = {str(status): success, **problems(*errors, examples=error_examples)}
     op: Document = {"summary": summary, "responses": responses}
     if description:
@@ -1068,12 +1379,22 @@ def openapi_document(max_batch: int) -> Document:
         [(model, "serialization") for model in SCHEMA_MODELS],
         ref_template="#/components/schemas/{model}",
     )
-    id_schema = {"type": "string", "pattern": f"^{ObjectIdConverter.regex}$"}
+    # Any other id is answered 404, like an id no user has.
+    id_schema = {"type": "string", "pattern": "^[0-9a-fA-F]{24}$"}
     user_id = [{"name": "user_id", "in": "path", "required": True, "schema": id_schema}]
     page = ref(UserPage)
     write_errors = (400, 405, 413, 415, 422, 503)
     errors = problem_examples(max_batch)
     rules = BATCH_RULES.format(max_batch=max_batch)
+    get_one = operation(
+        "One user",
+        (200, ref(User)),
+        (404, 503),
+        parameters=[*user_id, IF_NONE_MATCH],
+        error_examples=errors,
+        headers=ETAG,
+    )
+    get_one["responses"]["304"] = {"description": reason_phrase(304), "headers": ETAG}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Users API", "version": "1.0.0"},
@@ -1090,11 +1411,13 @@ def openapi_document(max_batch: int) -> Document:
                     },
                     error_examples=errors,
                     description=rules,
+                    headers=SINGLE_ETAG,
                 ),
                 "patch": operation(
-                    "Edit one user or a batch, by id",
+                    "Edit one user or a batch, by id; an item with a version applies only to "
+                    "the user at that version",
                     (200, one_or_many(User, max_batch)),
-                    (*write_errors, 404, 409),
+                    (*write_errors, 404, 409, 412),
                     one_or_many(UserEdit, max_batch),
                     body_examples={
                         "one": ("One user", {"id": ADA_ID, "name": "Ada King"}),
@@ -1109,6 +1432,7 @@ def openapi_document(max_batch: int) -> Document:
                     error_examples=errors,
                     description=rules + " Each item names the user by id; only the fields "
                     "sent change.",
+                    headers=SINGLE_ETAG,
                 ),
                 "get": operation(
                     "List users",
@@ -1128,28 +1452,23 @@ def openapi_document(max_batch: int) -> Document:
                 ),
             },
             "/users/{user_id}": {
-                "get": operation(
-                    "One user",
-                    (200, ref(User)),
-                    (404, 503),
-                    parameters=user_id,
-                    error_examples=errors,
-                ),
+                "get": get_one,
                 "patch": operation(
                     "Edit one user",
                     (200, ref(User)),
-                    (*write_errors, 404, 409),
+                    (*write_errors, 404, 409, 412),
                     ref(UserChanges),
-                    user_id,
+                    [*user_id, IF_MATCH],
                     body_examples={"name": ("A new name", {"name": "Ada King"})},
                     error_examples=errors,
                     description="Only the fields sent change; the email stays unique.",
+                    headers=ETAG,
                 ),
                 "delete": operation(
                     "Delete one user",
                     (204, None),
-                    (404, 503),
-                    parameters=user_id,
+                    (404, 412, 503),
+                    parameters=[*user_id, IF_MATCH],
                     error_examples=errors,
                 ),
             },
@@ -1177,7 +1496,7 @@ def create_app(config: Settings | None = None) -> Flask:
     app.extensions["usersapi.settings"] = settings
     app.extensions["usersapi.store"] = UserStore(settings)
     app.extensions["usersapi.openapi"] = openapi_document(settings.max_batch)
-    app.url_map.converters["objectid"] = ObjectIdConverter
+    app.url_map.converters["userid"] = UserIdConverter
     app.register_blueprint(bp)
     app.register_error_handler(ApiError, handle_api_error)
     app.register_error_handler(HTTPException, handle_http_exception)

@@ -12,11 +12,13 @@ HTTPS_URL=https://$PUBLIC_HOST:$HTTPS_PORT
 HTTP_URL=http://$PUBLIC_HOST:$HTTP_PORT
 PYTHON=${PYTHON:-python3}  # with Playwright (requirements-browser.txt), for the browser check
 
-# api METHOD PATH [JSON]: prints the status code, then the body, separated by a newline
+# api METHOD PATH [JSON [HEADER]]: prints the status code, then the body, separated by a
+# newline; the response headers are left in $WORK/headers
 api() {
-  local method=$1 path=$2 body=${3:-}
-  local args=(-sk -m 10 -X "$method" -w '%{http_code}' -o "$WORK/body")
+  local method=$1 path=$2 body=${3:-} header=${4:-}
+  local args=(-sk -m 10 -X "$method" -w '%{http_code}' -o "$WORK/body" -D "$WORK/headers")
   [ -n "$body" ] && args+=(-H 'Content-Type: application/json' --data "$body")
+  [ -n "$header" ] && args+=(-H "$header")
   local code
   code=$(curl "${args[@]}" "$HTTPS_URL$path" 2>/dev/null) || code=000
   printf '%s\n%s\n' "$code" "$(cat "$WORK/body" 2>/dev/null)"
@@ -114,13 +116,18 @@ json_field() {  # json_field NAME < body: the first string value of NAME
   sed -n "s/.*\"$1\" *: *\"\([^\"]*\)\".*/\1/p" | head -n 1
 }
 
+response_header() {  # response_header NAME: its value in the last api call's response
+  tr -d '\r' <"$WORK/headers" | sed -n "s/^$1: *//Ip" | head -n 1
+}
+
 check_crud() {
-  local tag email id out codes="" ok=1 code body
+  local tag email id out codes="" ok=1 code body etag
   tag=v$(date +%s)$RANDOM
   email="$tag@example.com"
   out=$(api POST /users "{\"name\": \"Verify $tag\", \"email\": \"$email\", \"username\": \"$tag\"}")
   code=${out%%$'\n'*}; body=${out#*$'\n'}
   id=$(json_field id <<<"$body")
+  etag=$(response_header ETag)
   codes+="create $code"; [ "$code" = 201 ] && [ -n "$id" ] || ok=0
 
   out=$(api GET "/users/$id"); code=${out%%$'\n'*}; body=${out#*$'\n'}
@@ -132,8 +139,14 @@ check_crud() {
   out=$(api GET "/users/search?q=$tag"); code=${out%%$'\n'*}; body=${out#*$'\n'}
   codes+=", search $code"; [ "$code" = 200 ] && grep -q "$id" <<<"$body" || ok=0
 
-  out=$(api PATCH "/users/$id" '{"name": "Verify Edited"}'); code=${out%%$'\n'*}; body=${out#*$'\n'}
+  out=$(api PATCH "/users/$id" '{"name": "Verify Edited"}' "If-Match: $etag")
+  code=${out%%$'\n'*}; body=${out#*$'\n'}
   codes+=", edit $code"; [ "$code" = 200 ] && grep -q 'Verify Edited' <<<"$body" || ok=0
+  STALE_ETAGS="$etag -> $(response_header ETag)"
+
+  # The ETag of the creation is stale now: the edit made from it is refused.
+  out=$(api PATCH "/users/$id" '{"name": "Verify Stale"}' "If-Match: $etag")
+  STALE_CODE=${out%%$'\n'*}; STALE_TITLE=$(json_field title <<<"${out#*$'\n'}")
 
   # A second user with the same email, before the first one is deleted.
   out=$(api POST /users "{\"name\": \"Dup $tag\", \"email\": \"$email\", \"username\": \"${tag}d\"}")
@@ -149,6 +162,11 @@ check_crud() {
     pass "users CRUD over https through nginx: $codes"
   else
     fail "users CRUD over https through nginx: $codes"
+  fi
+  if [ "$etag" = '"1"' ] && [ "$STALE_CODE" = 412 ]; then
+    pass "optimistic concurrency through nginx: ETag $STALE_ETAGS, PATCH with the stale If-Match -> 412 $STALE_TITLE"
+  else
+    fail "optimistic concurrency through nginx: ETag $STALE_ETAGS, stale If-Match -> $STALE_CODE, expected 412"
   fi
   if [ "$DUP_CODE" = 409 ]; then
     pass "duplicate email through the stack: POST /users -> 409 $DUP_TYPE"
@@ -181,6 +199,30 @@ check_browser() {
 # A MongoDB "hello" (OP_MSG, {hello: 1, $db: "admin"}): a MongoDB server answers it with a
 # document holding maxWireVersion, whatever else listens on an address never does.
 MONGO_HELLO_HEX=340000000100000000000000dd07000000000000001f0000001068656c6c6f000100000002246462000600000061646d696e0000
+
+# 24 PATCHes at once, all made from version 1 of one user, through nginx to both api replicas:
+# MongoDB's compare-and-set lets exactly one through.
+check_precondition_race() {
+  local out id n ok=0 stale=0 other=0 code
+  out=$(api POST /users "{\"name\": \"Race\", \"email\": \"race$RANDOM$(date +%s)@example.com\", \"username\": \"race$RANDOM\"}")
+  id=$(json_field id <<<"${out#*$'\n'}")
+  for n in $(seq 24); do
+    curl -sk -m 20 -o /dev/null -w '%{http_code}' -X PATCH -H 'Content-Type: application/json' \
+      -H 'If-Match: "1"' --data "{\"name\": \"Racer $n\"}" "$HTTPS_URL/users/$id" \
+      >"$WORK/race.$n" 2>/dev/null &
+  done
+  wait
+  for n in $(seq 24); do
+    code=$(cat "$WORK/race.$n")
+    case $code in 200) ok=$((ok + 1)) ;; 412) stale=$((stale + 1)) ;; *) other=$((other + 1)) ;; esac
+  done
+  api DELETE "/users/$id" >/dev/null
+  if [ "$ok" = 1 ] && [ "$stale" = 23 ]; then
+    pass "24 concurrent PATCHes with one If-Match: $ok x 200, $stale x 412"
+  else
+    fail "24 concurrent PATCHes with one If-Match: $ok x 200, $stale x 412, $other other"
+  fi
+}
 
 check_ingress_isolated() {
   local cid api_cid mongo_cid mongo_ip api_ips name_rc=0 networks back_net=${STACK_NAME}_back
@@ -268,6 +310,7 @@ cmd_verify() {
   check_tls_headers
   check_crud
   check_browser
+  check_precondition_race
   check_ingress_isolated
   check_mongo_auth
   check_mongo_limits
