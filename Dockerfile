@@ -39,7 +39,8 @@ COPY usersapi.py .
 ENV WEB_CONCURRENCY=2 \
     GUNICORN_CMD_ARGS="--bind=0.0.0.0:8000 --worker-tmp-dir=/dev/shm --access-logfile=- --error-logfile=- --graceful-timeout=30 --timeout=60"
 
-USER usersapi:usersapi
+# Numeric uid:gid: an orchestrator can tell it is not root without resolving names in the image.
+USER 10001:10001
 
 EXPOSE 8000
 
