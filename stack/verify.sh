@@ -232,12 +232,13 @@ check_mongo_limits() {
   fi
 }
 
-# service_log_line SERVICE TEXT: the first line of the service's logs holding TEXT. Logs
-# reach the manager a moment after the request: retry for up to 15 s.
+# service_log_line SERVICE TEXT: the first line of the service's logs (stdout: nginx's
+# access log; stderr: the api's log) holding TEXT. Logs reach the manager a moment after
+# the request: retry for up to 15 s.
 service_log_line() {
   local service=$1 text=$2 line="" tries
   for ((tries = 0; tries < 15; tries++)); do
-    line=$(docker exec "$MANAGER" docker service logs --raw --since 10m "${STACK_NAME}_$service" 2>/dev/null |
+    line=$(docker exec "$MANAGER" docker service logs --raw --since 10m "${STACK_NAME}_$service" 2>&1 |
       grep -F -- "$text" | head -n 1 || true)
     [ -n "$line" ] && break
     sleep 1
