@@ -946,6 +946,7 @@ REQUEST_ID_HEADER = "X-Request-ID"
 # The same rule as the nginx ingress: anything else is replaced, never logged as sent.
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 ACCESS_FIELDS = ("method", "path", "route", "status", "duration_ms", "client")
+UNMATCHED_ROUTE = "<unmatched>"
 access_log = logging.getLogger("usersapi.access")
 
 
@@ -1055,7 +1056,6 @@ def finish_request(response: Response) -> Response:
 # Metrics: Prometheus text format, summed over gunicorn's workers
 # --------------------------------------------------------------------------------------
 
-UNMATCHED_ROUTE = "<unmatched>"
 KNOWN_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 BATCH_BUCKETS = (1, 2, 5, 10, 50, 100, 250, 500, 1000)
 BATCH_OPERATIONS = {"POST": "create", "PATCH": "edit"}
