@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -1039,13 +1040,17 @@ def worker_pids_with_metrics(metrics_dir: Path) -> set[str]:
 
 
 def test_metrics_are_summed_over_two_gunicorn_workers(tmp_path: Path) -> None:
-    metrics_dir = tmp_path / "metrics"  # gunicorn.conf.py creates it
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    stale = metrics_dir / "counter_999999.db"  # left by an earlier run: gunicorn removes it
+    stale.write_bytes(b"not a metrics file")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MONGO_", "LOG_"))}
     env.update(MONGO_URI="mongomock://", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
     port = free_port()
     server = start_gunicorn(port, env, "--workers", "2", "--threads", "2")
     try:
         sent = wait_until_up(port)
+        assert not stale.exists()
         # Concurrent connections until both workers have answered some of them.
         with ThreadPoolExecutor(max_workers=8) as pool:
             while len(worker_pids_with_metrics(metrics_dir)) < 2 and sent < 2000:
@@ -1057,6 +1062,11 @@ def test_metrics_are_summed_over_two_gunicorn_workers(tmp_path: Path) -> None:
         assert status == 200
         labels = {"method": "GET", "route": "/health", "status": "200"}
         assert metric(text, "usersapi_http_requests_total", **labels) == sent
+        # A worker that dies keeps its share: the counters never go back.
+        os.kill(int(min(worker_pids_with_metrics(metrics_dir))), signal.SIGKILL)
+        status, text = get(port, "/metrics")
+        assert status == 200
+        assert metric(text, "usersapi_http_requests_total", **labels) == sent
     finally:
         server.terminate()
         _, stderr = server.communicate(timeout=30)
@@ -1064,10 +1074,10 @@ def test_metrics_are_summed_over_two_gunicorn_workers(tmp_path: Path) -> None:
     # gunicorn's access log.
     lines = [json.loads(line) for line in stderr.splitlines()]
     booted = [line for line in lines if line["message"].startswith("Booting worker")]
-    assert len(booted) == 2
+    assert len(booted) >= 2  # a third once the killed worker is replaced
     assert {line["logger"] for line in booted} == {"gunicorn.error"}
     accessed = access_lines(lines)
-    assert len(accessed) == sent + 1  # and the scrape
+    assert len(accessed) == sent + 2  # and the scrapes
     assert {line["route"] for line in accessed} == {"/health", "/metrics"}
 
 
