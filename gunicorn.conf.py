@@ -1,5 +1,5 @@
 """gunicorn settings of the users API; gunicorn reads this file from the working directory
-by default, so `gunicorn` alone serves the app (the container image runs exactly that).
+by default, so `gunicorn` alone serves the app (the container image names it explicitly).
 
 Command-line options and GUNICORN_CMD_ARGS still win over these values. Read from the
 environment:
