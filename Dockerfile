@@ -1,4 +1,5 @@
-# Users API image: gunicorn serving usersapi:create_app() on port 8000, tini as PID 1.
+# Users API image: gunicorn (settings in gunicorn.conf.py) serving usersapi:create_app() on
+# port 8000, tini as PID 1.
 # Build with BuildKit (the pip cache mount needs it):
 #   DOCKER_BUILDKIT=1 docker build -t docker.io/USER/usersapi:1.0.0 .
 FROM python:3.13-slim
@@ -29,15 +30,12 @@ COPY requirements.txt .
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --root-user-action=ignore -r requirements.txt
 
-COPY usersapi.py .
+COPY gunicorn.conf.py usersapi.py ./
 
-# gunicorn reads WEB_CONCURRENCY (workers) and GUNICORN_CMD_ARGS from the environment, so
-# a deployment tunes it without a new image. The heartbeat file lives in /dev/shm (tmpfs)
-# so a slow overlay disk never makes the arbiter kill healthy workers; on SIGTERM workers
-# get --graceful-timeout seconds to finish their requests (keep the orchestrator's stop
-# grace period longer than that).
-ENV WEB_CONCURRENCY=2 \
-    GUNICORN_CMD_ARGS="--bind=0.0.0.0:8000 --worker-tmp-dir=/dev/shm --access-logfile=- --error-logfile=- --graceful-timeout=30 --timeout=60"
+# gunicorn.conf.py reads WEB_CONCURRENCY (workers) and GUNICORN_THREADS from the
+# environment, so a deployment tunes them without a new image. The workers' metrics files
+# go to tmpfs (/dev/shm, writable by every user); gunicorn empties the directory at start.
+ENV PROMETHEUS_MULTIPROC_DIR=/dev/shm/usersapi-metrics
 
 # Numeric uid:gid: an orchestrator can tell it is not root without resolving names in the image.
 USER 10001:10001
@@ -50,7 +48,7 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2)"]
 
 ENTRYPOINT ["tini", "--"]
-CMD ["gunicorn", "usersapi:create_app()"]
+CMD ["gunicorn", "--config", "gunicorn.conf.py"]
 
 # Metadata last: a new version or commit only rewrites the image config, no layer.
 ARG VERSION=dev

@@ -9,13 +9,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,7 @@ import pytest
 import schemathesis
 from flask import Flask, request
 from flask.testing import FlaskClient
+from prometheus_client.parser import text_string_to_metric_families
 from pymongo.errors import OperationFailure
 from werkzeug.test import TestResponse
 
@@ -1338,6 +1343,299 @@ def test_one_proxy_hop_is_trusted(app: Flask) -> None:
     }
     seen = app.test_client().get("/whoami", headers=headers).json
     assert seen == {"addr": "203.0.113.9", "scheme": "https", "host": "api.example.org"}
+
+
+# --------------------------------------------------------------------------------------
+# Request ids, logs and metrics
+# --------------------------------------------------------------------------------------
+
+ACCESS_LINE_FIELDS = {
+    "time",
+    "level",
+    "logger",
+    "message",
+    "request_id",
+    "method",
+    "path",
+    "route",
+    "status",
+    "duration_ms",
+    "client",
+}
+
+
+@pytest.fixture
+def json_logs(caplog: pytest.LogCaptureFixture) -> Callable[[], list[Json]]:
+    """Everything logged from here on at INFO and above, as the app's JSON lines."""
+    caplog.set_level("INFO")
+    caplog.handler.setFormatter(usersapi.JsonFormatter())
+
+    def lines() -> list[Json]:
+        return [json.loads(line) for line in caplog.text.splitlines()]
+
+    return lines
+
+
+def access_lines(lines: list[Json]) -> list[Json]:
+    return [line for line in lines if line["logger"] == "usersapi.access"]
+
+
+def test_a_sane_request_id_is_echoed(client: FlaskClient) -> None:
+    sent = "Trace-0123456789_abc.def-" + "x" * 100  # 125 characters
+    assert client.get("/health", headers={"X-Request-ID": sent}).headers["X-Request-ID"] == sent
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [None, "", "a" * 129, "has space", "semi;colon", "new\\nline", "ünïcode", "<script>"],
+)
+def test_an_absent_or_insane_request_id_is_replaced_by_a_new_one(
+    client: FlaskClient, sent: str | None
+) -> None:
+    headers = {} if sent is None else {"X-Request-ID": sent}
+    ids = {client.get("/health", headers=headers).headers["X-Request-ID"] for _ in range(3)}
+    assert len(ids) == 3  # a fresh one each time
+    for request_id in ids:
+        assert request_id != sent
+        assert re.fullmatch(r"[0-9a-f]{32}", request_id)
+
+
+def test_errors_carry_a_request_id_too(client: FlaskClient) -> None:
+    response = client.get("/nowhere", headers={"X-Request-ID": "lost-1"})
+    assert_problem(response, 404)
+    assert response.headers["X-Request-ID"] == "lost-1"
+
+
+def test_each_request_is_one_json_log_line_with_its_fields(
+    client: FlaskClient, json_logs: Callable[[], list[Json]]
+) -> None:
+    created = create(client, a_user(1))
+    client.get(f"/users/{created['id']}", headers={"X-Request-ID": "req-42"})
+    client.get("/nowhere")
+    lines = json_logs()
+    accessed = access_lines(lines)
+    assert len(accessed) == 3
+    for line in accessed:
+        assert set(line) == ACCESS_LINE_FIELDS
+        assert line["level"] == "INFO"
+        assert line["client"] == "127.0.0.1"
+        assert isinstance(line["duration_ms"], float)
+        assert line["duration_ms"] >= 0
+        datetime.fromisoformat(line["time"])
+    post, get, unknown = accessed
+    assert (post["method"], post["path"], post["route"], post["status"]) == (
+        "POST",
+        "/users",
+        "/users",
+        201,
+    )
+    assert get["request_id"] == "req-42"
+    assert get["path"] == f"/users/{created['id']}"
+    assert get["route"] == "/users/<userid:user_id>"  # the template, not the id
+    assert (unknown["route"], unknown["status"]) == ("<unmatched>", 404)
+    assert len({line["request_id"] for line in accessed}) == 3
+
+
+def test_the_access_line_names_the_client_behind_the_proxy(
+    client: FlaskClient, json_logs: Callable[[], list[Json]]
+) -> None:
+    client.get("/health", headers={"X-Forwarded-For": "6.6.6.6, 203.0.113.9"})
+    (line,) = access_lines(json_logs())
+    assert line["client"] == "203.0.113.9"
+
+
+def test_database_warnings_carry_the_request_id(
+    unreachable_db: FlaskClient, json_logs: Callable[[], list[Json]]
+) -> None:
+    response = unreachable_db.get("/users", headers={"X-Request-ID": "db-down-1"})
+    assert_problem(response, 503)
+    lines = json_logs()
+    warning = next(line for line in lines if line["level"] == "WARNING")
+    assert warning["message"] == "MongoDB unreachable: ServerSelectionTimeoutError"
+    assert warning["request_id"] == "db-down-1"
+    assert access_lines(lines)[0]["request_id"] == "db-down-1"
+
+
+def test_an_unexpected_error_logs_its_traceback_under_the_request_id(
+    client: FlaskClient, monkeypatch: pytest.MonkeyPatch, json_logs: Callable[[], list[Json]]
+) -> None:
+    def broken(*_args: Any) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(UserStore, "page", broken)
+    assert_problem(client.get("/users", headers={"X-Request-ID": "boom-1"}), 500)
+    lines = json_logs()
+    (error,) = [line for line in lines if line["level"] == "ERROR"]
+    assert error["request_id"] == "boom-1"
+    assert "Traceback" in error["exception"]
+    assert "RuntimeError: boom" in error["exception"]
+    assert [line["status"] for line in access_lines(lines)] == [500]
+
+
+def test_no_secret_reaches_any_log_line(json_logs: Callable[[], list[Json]]) -> None:
+    password, token = "Pa55-in-the-URI", "Bearer tok-3f9a7c"
+    uri = f"mongodb://app:{password}@127.0.0.1:{free_port()}/"
+    client = create_app(Settings.from_env({"MONGO_URI": uri, "MONGO_TIMEOUT_MS": "300"}))
+    http = client.test_client()
+    headers = {"Authorization": token, "Cookie": f"session={token}"}
+    assert_problem(http.get("/users", headers=headers), 503)
+    assert http.get("/health", headers=headers).status_code == 200
+    lines = json_logs()
+    assert {line["level"] for line in lines} >= {"INFO", "WARNING"}
+    logged = json.dumps(lines)
+    assert "app:***@127.0.0.1" in logged  # the URI is logged, its password is not
+    assert password not in logged
+    assert "tok-3f9a7c" not in logged
+
+
+def test_text_logs_for_the_development_server(caplog: pytest.LogCaptureFixture) -> None:
+    assert Settings.from_env({"MONGO_URI": "mongomock://"}).log_format == "json"
+    settings = Settings.from_env({"MONGO_URI": "mongomock://", "LOG_FORMAT": "text"})
+    caplog.set_level("INFO")
+    caplog.handler.setFormatter(usersapi.log_formatter(settings.log_format))
+    create_app(settings).test_client().get("/health", headers={"X-Request-ID": "txt-1"})
+    assert re.search(r" INFO usersapi.access \[txt-1\] GET /health 200 [0-9.]+ ms$", caplog.text)
+    with pytest.raises(ConfigError, match="LOG_FORMAT must be one of json, text"):
+        Settings.from_env({"MONGO_URI": "mongomock://", "LOG_FORMAT": "xml"})
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of a Prometheus text exposition, 0 when it is absent."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return 0.0
+
+
+def test_metrics_count_requests_by_route_template_and_status(app: Flask) -> None:
+    client = app.test_client()
+    users = create(client, [a_user(1), a_user(2), a_user(3)])
+    for user in users:
+        client.get(f"/users/{user['id']}")
+    client.get("/users/0123456789abcdef01234567")
+    client.get("/no/such/0123456789abcdef01234567")
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.mimetype == "text/plain"
+    text = response.get_data(as_text=True)
+    by_id = "/users/<userid:user_id>"
+    requests = "usersapi_http_requests_total"
+    assert metric(text, requests, method="GET", route=by_id, status="200") == 3
+    assert metric(text, requests, method="GET", route=by_id, status="404") == 1
+    assert metric(text, requests, method="POST", route="/users", status="201") == 1
+    assert metric(text, requests, method="GET", route="<unmatched>", status="404") == 1
+    assert users[0]["id"] not in text  # never a raw path
+    count = "usersapi_http_request_duration_seconds_count"
+    assert metric(text, count, method="GET", route=by_id) == 4
+    assert metric(text, "usersapi_batch_size_count", operation="create") == 1
+    assert metric(text, "usersapi_batch_size_sum", operation="create") == 3
+
+
+def test_metrics_count_database_errors_by_kind(unreachable_db: FlaskClient) -> None:
+    unreachable_db.get("/users")
+    unreachable_db.get("/ready")
+    text = unreachable_db.get("/metrics").get_data(as_text=True)
+    assert metric(text, "usersapi_mongodb_errors_total", kind="unreachable") == 2
+
+
+def test_metrics_count_unknown_methods_under_one_label(client: FlaskClient) -> None:
+    client.open("/users", method="BREW")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert (
+        metric(
+            text, "usersapi_http_requests_total", method="OTHER", route="<unmatched>", status="405"
+        )
+        == 1
+    )
+
+
+HERE = Path(__file__).parent
+
+
+def start_gunicorn(port: int, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    """gunicorn with the project's gunicorn.conf.py, as the image runs it."""
+    command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"]
+    command += ["--bind", f"127.0.0.1:{port}", *args]
+    return subprocess.Popen(  # noqa: S603 - this interpreter and the test's own arguments
+        command, env=env, cwd=HERE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def wait_until_up(port: int) -> int:
+    """Polls /health until it answers; the number of polls that reached the app."""
+    for _ in range(150):
+        try:
+            get(port, "/health")
+        except OSError:
+            time.sleep(0.1)
+        else:
+            return 1
+    raise AssertionError("gunicorn did not start")
+
+
+def worker_pids_with_metrics(metrics_dir: Path) -> set[str]:
+    return {path.stem.rsplit("_", 1)[1] for path in metrics_dir.glob("counter_*.db")}
+
+
+def test_metrics_are_summed_over_two_gunicorn_workers(tmp_path: Path) -> None:
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    stale = metrics_dir / "counter_999999.db"  # left by an earlier run: gunicorn removes it
+    stale.write_bytes(b"not a metrics file")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MONGO_", "LOG_"))}
+    env.update(MONGO_URI="mongomock://", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+    port = free_port()
+    server = start_gunicorn(port, env, "--workers", "2", "--threads", "2")
+    try:
+        sent = wait_until_up(port)
+        assert not stale.exists()
+        # Concurrent connections until both workers have answered some of them.
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            while len(worker_pids_with_metrics(metrics_dir)) < 2 and sent < 2000:
+                answers = list(pool.map(lambda _: get(port, "/health")[0], range(40)))
+                assert answers == [200] * 40
+                sent += 40
+        assert len(worker_pids_with_metrics(metrics_dir)) == 2
+        status, text = get(port, "/metrics")
+        assert status == 200
+        labels = {"method": "GET", "route": "/health", "status": "200"}
+        assert metric(text, "usersapi_http_requests_total", **labels) == sent
+        # A worker that dies keeps its share: the counters never go back.
+        os.kill(int(min(worker_pids_with_metrics(metrics_dir))), signal.SIGKILL)
+        status, text = get(port, "/metrics")
+        assert status == 200
+        assert metric(text, "usersapi_http_requests_total", **labels) == sent
+    finally:
+        server.terminate()
+        _, stderr = server.communicate(timeout=30)
+    # gunicorn's own lines and the app's are all JSON; the app's access line replaces
+    # gunicorn's access log.
+    lines = [json.loads(line) for line in stderr.splitlines()]
+    booted = [line for line in lines if line["message"].startswith("Booting worker")]
+    assert len(booted) >= 2  # a third once the killed worker is replaced
+    assert {line["logger"] for line in booted} == {"gunicorn.error"}
+    accessed = access_lines(lines)
+    assert len(accessed) == sent + 2  # and the scrapes
+    assert {line["route"] for line in accessed} == {"/health", "/metrics"}
+
+
+def test_gunicorn_refuses_a_bad_setting_before_it_starts(tmp_path: Path) -> None:
+    env = {**os.environ, "MONGO_URI": "mongomock://", "GUNICORN_THREADS": "many"}
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "metrics")
+    server = start_gunicorn(free_port(), env)
+    _, stderr = server.communicate(timeout=30)
+    assert server.returncode != 0
+    assert "GUNICORN_THREADS must be a whole number of at least 1, got 'many'" in stderr
+    assert not (tmp_path / "metrics").exists()
 
 
 # --------------------------------------------------------------------------------------

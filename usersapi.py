@@ -2,7 +2,8 @@
 editing and deleting users.
 
 The module reads top to bottom: configuration, models and validation, data access,
-routes and the app factory. Production runs ``gunicorn 'usersapi:create_app()'``;
+routes, request ids and logging, metrics and the app factory. Production runs
+``gunicorn`` with the settings of gunicorn.conf.py (``usersapi:create_app()``);
 ``python usersapi.py`` starts a development server on port 8000.
 """
 
@@ -14,6 +15,7 @@ import os
 import re
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -27,7 +29,24 @@ from typing import Annotated, Any, Literal, Self, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from bson import ObjectId
-from flask import Blueprint, Flask, Response, current_app, request, send_from_directory
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    current_app,
+    g,
+    has_request_context,
+    request,
+    send_from_directory,
+)
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -69,6 +88,7 @@ MONGO_SETTINGS = (
     "MONGO_PASSWORD",
     "MONGO_AUTH_SOURCE",
 )
+LOG_FORMATS = ("json", "text")
 
 
 class ConfigError(RuntimeError):
@@ -101,6 +121,13 @@ def read_int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) 
     return value
 
 
+def read_log_format(env: Mapping[str, str]) -> str:
+    value = env.get("LOG_FORMAT", "json").strip().lower() or "json"
+    if value not in LOG_FORMATS:
+        raise ConfigError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, got {value!r}")
+    return value
+
+
 def has_mongo_settings(env: Mapping[str, str]) -> bool:
     return any(name in env or f"{name}_FILE" in env for name in MONGO_SETTINGS)
 
@@ -128,6 +155,7 @@ class Settings:
     max_batch: int = 1000
     max_content_length: int = 1024 * 1024
     log_level: str = "INFO"
+    log_format: str = "json"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
@@ -160,6 +188,7 @@ class Settings:
             max_batch=read_int(env, "MAX_BATCH", 1000),
             max_content_length=read_int(env, "MAX_CONTENT_LENGTH", 1024 * 1024),
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
+            log_format=read_log_format(env),
         )
 
     @property
@@ -420,8 +449,10 @@ def read_batch(max_batch: int) -> tuple[list[object], bool]:
     """The body as a list of items, and whether it came as a single object."""
     body = read_json_body()
     if isinstance(body, dict):
+        record_batch_size(1)
         return [body], True
     if isinstance(body, list) and body:
+        record_batch_size(len(body))
         if len(body) > max_batch:
             raise ApiError(
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
@@ -1130,11 +1161,14 @@ def database_unavailable() -> Response:
 
 def handle_database_error(exc: PyMongoError) -> Response:
     if isinstance(exc, ConnectionFailure):
+        record_database_error("unreachable")
         log.warning("MongoDB unreachable: %s", type(exc).__name__)
         return database_unavailable()
     if isinstance(exc, OperationFailure) and exc.code in AUTH_FAILURES:
+        record_database_error("credentials_refused")
         log.error("MongoDB refused the credentials (code %s)", exc.code)
         return database_unavailable()
+    record_database_error(type(exc).__name__)
     return handle_unexpected(exc)
 
 
@@ -1481,6 +1515,213 @@ def openapi_document(max_batch: int) -> Document:
 
 
 # --------------------------------------------------------------------------------------
+# Request ids and logging: one id per request, in its response and in every log line
+# --------------------------------------------------------------------------------------
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# The same rule as the nginx ingress: anything else is replaced, never logged as sent.
+SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+ACCESS_FIELDS = ("method", "path", "route", "status", "duration_ms", "client")
+UNMATCHED_ROUTE = "<unmatched>"
+access_log = logging.getLogger("usersapi.access")
+
+
+def request_id_from(incoming: str | None) -> str:
+    """The caller's X-Request-ID when it is sane, else a new unique one."""
+    if incoming is not None and SANE_REQUEST_ID.fullmatch(incoming):
+        return incoming
+    return uuid.uuid4().hex
+
+
+def current_request_id() -> str | None:
+    return g.get("request_id") if has_request_context() else None
+
+
+def request_id_of(record: logging.LogRecord) -> str | None:
+    """The id of the request being served when RECORD was logged, if any. Handlers format
+    records in the thread that logs them, so the request context is still the right one."""
+    return getattr(record, "request_id", None) or current_request_id()
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, the request id and, for the
+    access line, the request's fields; a traceback travels inside the object."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": request_id_of(record),
+        }
+        entry.update({name: getattr(record, name, None) for name in ACCESS_FIELDS})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps({k: v for k, v in entry.items() if v is not None}, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """Readable lines for the development server, with the request id when there is one."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.request_id = request_id_of(record) or "-"
+        return super().format(record)
+
+
+def log_formatter(log_format: str = "json") -> logging.Formatter:
+    """The formatter for LOG_FORMAT; gunicorn.conf.py gives gunicorn's own log the same."""
+    if log_format not in LOG_FORMATS:
+        raise ConfigError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
+    return JsonFormatter() if log_format == "json" else TextFormatter()
+
+
+def configure_logging(settings: Settings) -> None:
+    """Log to stderr in the configured format, unless the process already has a handler
+    (gunicorn.conf.py installs one with the same formatter; pytest installs its own)."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(log_formatter(settings.log_format))
+        root.addHandler(handler)
+    log.setLevel(settings.log_level)
+
+
+def start_request() -> None:
+    g.request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
+    g.started = time.perf_counter()
+
+
+def route_label() -> str:
+    """The URL rule that matched (a template such as /users/<objectid:user_id>, never the
+    path with its ids), or a fixed label when none did."""
+    return request.url_rule.rule if request.url_rule is not None else UNMATCHED_ROUTE
+
+
+def log_request(response: Response, seconds: float) -> None:
+    fields = {
+        "method": request.method,
+        "path": request.path,
+        "route": route_label(),
+        "status": response.status_code,
+        "duration_ms": round(seconds * 1000, 2),
+        "client": request.remote_addr,  # after ProxyFix: the address nginx saw
+    }
+    message = "%s %s %s %.2f ms"
+    access_log.info(
+        message, request.method, request.path, response.status_code, seconds * 1000, extra=fields
+    )
+
+
+def finish_request(response: Response) -> Response:
+    """Every response carries the request id; every request gets one access line and is
+    counted in the metrics."""
+    if g.get("request_id") is None:  # a hook registered before start_request failed
+        g.request_id = request_id_from(None)
+    response.headers[REQUEST_ID_HEADER] = g.request_id
+    seconds = time.perf_counter() - g.get("started", time.perf_counter())
+    log_request(response, seconds)
+    record_request(response, seconds)
+    return response
+
+
+# --------------------------------------------------------------------------------------
+# Metrics: Prometheus text format, summed over gunicorn's workers
+# --------------------------------------------------------------------------------------
+
+KNOWN_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+BATCH_BUCKETS = (1, 2, 5, 10, 50, 100, 250, 500, 1000)
+BATCH_OPERATIONS = {"POST": "create", "PATCH": "edit"}
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """The service's metrics, in a registry of the app's own (each app in a test counts
+    from zero). Under gunicorn every worker writes its figures to files in
+    PROMETHEUS_MULTIPROC_DIR (gunicorn.conf.py sets it up) and /metrics sums the files."""
+
+    registry: CollectorRegistry
+    requests: Counter
+    latency: Histogram
+    database_errors: Counter
+    batch_sizes: Histogram
+
+    @classmethod
+    def create(cls) -> Self:
+        registry = CollectorRegistry()
+        return cls(
+            registry=registry,
+            requests=Counter(
+                "usersapi_http_requests",
+                "HTTP requests answered, by method, route template and status",
+                ["method", "route", "status"],
+                registry=registry,
+            ),
+            latency=Histogram(
+                "usersapi_http_request_duration_seconds",
+                "Time to answer an HTTP request, by method and route template",
+                ["method", "route"],
+                registry=registry,
+            ),
+            database_errors=Counter(
+                "usersapi_mongodb_errors",
+                "MongoDB errors answered as 503 or 500, by kind",
+                ["kind"],
+                registry=registry,
+            ),
+            batch_sizes=Histogram(
+                "usersapi_batch_size",
+                "Users in one POST or PATCH /users request, by operation",
+                ["operation"],
+                buckets=BATCH_BUCKETS,
+                registry=registry,
+            ),
+        )
+
+
+def metrics() -> Metrics:
+    app_metrics: Metrics = current_app.extensions["usersapi.metrics"]
+    return app_metrics
+
+
+def record_request(response: Response, seconds: float) -> None:
+    # Any token is a method to werkzeug: unknown ones share a label to keep the series few.
+    method = request.method if request.method in KNOWN_METHODS else "OTHER"
+    route = route_label()
+    metrics().requests.labels(method, route, str(response.status_code)).inc()
+    metrics().latency.labels(method, route).observe(seconds)
+
+
+def record_database_error(kind: str) -> None:
+    metrics().database_errors.labels(kind).inc()
+
+
+def record_batch_size(size: int) -> None:
+    operation = BATCH_OPERATIONS.get(request.method, request.method.lower())
+    metrics().batch_sizes.labels(operation).observe(size)
+
+
+def exposition() -> bytes:
+    """The metrics in Prometheus text format: the sum over every worker's files in
+    multiprocess mode, else this process's own registry."""
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return generate_latest(metrics().registry)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)
+
+
+# Not in the OpenAPI document: an operator's endpoint, closed at the ingress, not part of
+# the users API.
+@bp.get("/metrics")
+def prometheus_metrics() -> Response:
+    return current_app.response_class(exposition(), mimetype=None, content_type=CONTENT_TYPE_LATEST)
+
+
+# --------------------------------------------------------------------------------------
 # App factory
 # --------------------------------------------------------------------------------------
 
@@ -1488,14 +1729,17 @@ def openapi_document(max_batch: int) -> Document:
 def create_app(config: Settings | None = None) -> Flask:
     """The WSGI application. Without CONFIG, settings come from the environment."""
     settings = Settings.from_env() if config is None else config
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings)
     app = Flask(__name__)
+    # First registered: the request id exists before any other hook runs, and the access
+    # line and metrics (after_request hooks run in reverse) see the final response.
+    app.before_request(start_request)
+    app.after_request(finish_request)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
     app.extensions["usersapi.settings"] = settings
     app.extensions["usersapi.store"] = UserStore(settings)
     app.extensions["usersapi.openapi"] = openapi_document(settings.max_batch)
+    app.extensions["usersapi.metrics"] = Metrics.create()
     app.url_map.converters["userid"] = UserIdConverter
     app.register_blueprint(bp)
     app.register_error_handler(ApiError, handle_api_error)
@@ -1509,7 +1753,9 @@ def create_app(config: Settings | None = None) -> Flask:
 
 
 def main() -> None:
-    """Development server on port 8000 (PORT); an in-memory store when nothing is set."""
+    """Development server on port 8000 (PORT); an in-memory store when nothing is set, and
+    readable text logs unless LOG_FORMAT says otherwise."""
+    os.environ.setdefault("LOG_FORMAT", "text")
     if not has_mongo_settings(os.environ):
         os.environ["MONGO_URI"] = IN_MEMORY_URI
         banner = "!" * 78

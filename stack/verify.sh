@@ -296,6 +296,76 @@ check_mongo_limits() {
   fi
 }
 
+# service_log_line SERVICE TEXT: the first line of the service's logs (stdout: nginx's
+# access log; stderr: the api's log) holding TEXT. Logs reach the manager a moment after
+# the request: retry for up to 15 s.
+service_log_line() {
+  local service=$1 text=$2 line="" tries
+  for ((tries = 0; tries < 15; tries++)); do
+    line=$(docker exec "$MANAGER" docker service logs --raw --since 10m "${STACK_NAME}_$service" 2>&1 |
+      grep -F -- "$text" | head -n 1 || true)
+    [ -n "$line" ] && break
+    sleep 1
+  done
+  printf '%s' "$line"
+}
+
+check_request_id() {
+  local rid headers ids api_line ingress_line
+  rid=verify-$(date +%s)-$RANDOM
+  headers=$(curl -sk -m 10 -o /dev/null -D - -H "X-Request-ID: $rid" "$HTTPS_URL/users?limit=1" |
+    tr -d '\r' || true)
+  ids=$(grep -i '^x-request-id:' <<<"$headers" | cut -d' ' -f2- | xargs || true)
+  api_line=$(service_log_line api "\"request_id\": \"$rid\"")
+  ingress_line=$(service_log_line ingress "\"request_id\":\"$rid\"")
+  local detail="GET /users?limit=1 with X-Request-ID $rid -> X-Request-ID [$ids]"
+  if [ "$ids" = "$rid" ] && [ -n "$api_line" ] && [ -n "$ingress_line" ]; then
+    pass "request id end to end: $detail, exactly once; api log: $(cut -c1-220 <<<"$api_line"); ingress log: $(cut -c1-220 <<<"$ingress_line")"
+  else
+    fail "request id end to end: $detail; api log line: '${api_line:-none}'; ingress log line: '${ingress_line:-none}'"
+  fi
+}
+
+check_request_id_replaced() {
+  local ids
+  ids=$(curl -sk -m 10 -o /dev/null -D - -H 'X-Request-ID: not sane; <script>' "$HTTPS_URL/health" |
+    tr -d '\r' | grep -i '^x-request-id:' | cut -d' ' -f2- | xargs || true)
+  if [[ "$ids" =~ ^[0-9a-f]{32}$ ]]; then
+    pass "an insane X-Request-ID is replaced by nginx: 'not sane; <script>' -> X-Request-ID $ids"
+  else
+    fail "an insane X-Request-ID through nginx came back as [$ids], expected one new 32-hex id"
+  fi
+}
+
+check_metrics_closed() {
+  local out
+  out=$(curl -sk -m 10 -o "$WORK/metrics" -w '%{http_code} %{content_type}' "$HTTPS_URL/metrics" || true)
+  if [ "${out%% *}" = 404 ] && [ "${out#* }" = application/problem+json ] &&
+    ! grep -q usersapi_http_requests "$WORK/metrics"; then
+    pass "/metrics is closed at the ingress: GET $HTTPS_URL/metrics -> $out"
+  else
+    fail "/metrics through the ingress: GET $HTTPS_URL/metrics -> '$out', expected 404 application/problem+json"
+  fi
+}
+
+check_metrics_in_task() {
+  local cid out
+  cid=$(task_container "$WORKER2" api || true)
+  [ -n "$cid" ] || { fail "metrics inside an api task: no api container on $WORKER2"; return; }
+  out=$(docker exec "$WORKER2" docker exec "$cid" python -c "
+import urllib.request
+with urllib.request.urlopen('http://127.0.0.1:8000/metrics', timeout=5) as r:
+    print(r.status)
+    print(r.read().decode())" 2>/dev/null || true)
+  local sample
+  sample=$(grep -m1 '^usersapi_http_requests_total{method="GET",route="/health"' <<<"$out" || true)
+  if [ "$(head -n 1 <<<"$out")" = 200 ] && [ -n "$sample" ]; then
+    pass "/metrics answers inside an api task ($cid on $WORKER2): 200, e.g. $sample"
+  else
+    fail "/metrics inside an api task: '$(head -n 3 <<<"$out" | xargs)'"
+  fi
+}
+
 cmd_verify() {
   step "verify: the stack $STACK_NAME against its requirements (PASS/FAIL per line)"
   local node
@@ -314,6 +384,10 @@ cmd_verify() {
   check_ingress_isolated
   check_mongo_auth
   check_mongo_limits
+  check_request_id
+  check_request_id_replaced
+  check_metrics_closed
+  check_metrics_in_task
   printf '\nverify: %d checks, %d failed\n' "$CHECKS" "$FAILED"
   [ "$FAILED" -eq 0 ]
 }
