@@ -476,3 +476,30 @@ def test_down_names_what_it_keeps(sandbox: Path) -> None:
     assert f"kept: the passwords and certificate in {sandbox / 'secrets'}" in run.stdout
     assert f"kept: 1 backup(s) in {sandbox / 'backups'}" in run.stdout
     assert "kept: the image it ran, registry.lab:5000/usersapi:1.0.0, in its registry" in run.stdout
+
+
+def test_a_rollback_ends_the_deploy_with_one_line_naming_image_and_cause(sandbox: Path) -> None:
+    rules: list[Rule] = [
+        RUNNING_1_0,
+        {
+            "pattern": r"service inspect -f \{\{\.Spec\.Name\}\}",
+            "stdout": "fake_api rollback_completed\nfake_ingress none\nfake_mongo none\n",
+        },
+        {
+            "pattern": r"stack ps --no-trunc --format",
+            "stdout": "new1|fake_api.1|fake-worker2|Failed 9 seconds ago|"
+            "task: non-zero exit (143): dockerexec: unhealthy container\n",
+        },
+        *HEALTHY,
+    ]
+    run = swarm(sandbox, "deploy", rules=rules, REGISTRY="registry.lab:5000", VERSION="1.1.0")
+    assert run.rc == 1
+    rolled = [line for line in run.stdout.splitlines() if line.startswith("ROLLED BACK")]
+    assert rolled == [
+        (
+            "ROLLED BACK: fake_api runs registry.lab:5000/usersapi:1.0.0 again: the update to "
+            "registry.lab:5000/usersapi:1.1.0 failed: fake_api.1 on fake-worker2: Failed: task: "
+            "non-zero exit (143): dockerexec: unhealthy container"
+        )
+    ]
+    assert "converged" not in run.stdout

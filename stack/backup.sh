@@ -59,7 +59,8 @@ check_archive() {
   show_cmd docker exec -i "$MANAGER" docker exec -i '<mongo task>' \
     mongorestore --config=/dev/fd/N --nsInclude="$MONGO_DB.*" --archive --gzip --dryRun '<' "$file"
   out=$(in_mongo "mongorestore $TOOL_CONFIG --nsInclude='$MONGO_DB.*' --archive --gzip --dryRun" <"$file" 2>&1) ||
-    die "$file: mongorestore --dryRun refused it: $(grep -m1 'Failed' <<<"$out" || tail -n 1 <<<"$out"): nothing restored"
+    die "$file: mongorestore --dryRun refused it: $({ grep -m1 'Failed' <<<"$out" || tail -n 1 <<<"$out"; } |
+      sed 's/^[0-9T:.+-]*[[:space:]]*//'): nothing restored"
   grep -q "reading metadata for $MONGO_DB\\.users " <<<"$out" ||
     die "$file: holds no $MONGO_DB.users collection (a backup of another database?): nothing restored"
   info "mongorestore --dryRun: a complete archive of $MONGO_DB.users"
