@@ -332,7 +332,8 @@ new_task_failures() {
       !($1 in before) && $4 ~ /^(Rejected|Failed)/ {
         state = $4; sub(/ [0-9a-zA-Z]+ (seconds|minutes|hours|second|minute|hour) ago$/, "", state)
         sub(/ (less than a|about a|about an) [a-z]+ ago$/, "", state)
-        print $2 " on " ($3 == "" ? "no node" : $3) ": " state ": " $5}' \
+        err = $5; gsub(/^"|"$/, "", err)
+        print $2 " on " ($3 == "" ? "no node" : $3) ": " state ": " err}' \
       <(printf '%s\n' "$TASKS_BEFORE") -
 }
 
