@@ -366,10 +366,95 @@ with urllib.request.urlopen('http://127.0.0.1:8000/metrics', timeout=5) as r:
   fi
 }
 
+# What the API's own MongoDB credentials may do, tried from an api container with the
+# settings and secret file it runs with. Prints "name: result" lines.
+LEAST_PRIVILEGE_PY='
+import os, time
+from pymongo import MongoClient
+from pymongo.errors import OperationFailure
+env = os.environ
+with open(env["MONGO_PASSWORD_FILE"]) as f:
+    pw = f.read().strip()
+c = MongoClient(host=env["MONGO_HOST"], port=int(env["MONGO_PORT"]), username=env["MONGO_USER"],
+                password=pw, authSource=env["MONGO_AUTH_SOURCE"], serverSelectionTimeoutMS=5000)
+db = c[env["MONGO_DB"]]
+def refused(what, call):
+    try:
+        call()
+    except OperationFailure as e:
+        print(f"{what}: code {e.code}")
+    else:
+        print(f"{what}: allowed")
+name = f"verify_{int(time.time())}"
+coll = db[name]
+try:
+    i = coll.insert_one({"n": 1}).inserted_id
+    coll.update_one({"_id": i}, {"$set": {"n": 2}})
+    n = coll.find_one({"_id": i})["n"]
+    coll.delete_one({"_id": i})
+    print("crud:", "ok" if n == 2 and coll.count_documents({}) == 0 else "wrong")
+    coll.create_index("n", unique=True)
+    print("index: ok")
+finally:
+    db.drop_collection(name)
+print("user:", env["MONGO_USER"], "on", env["MONGO_AUTH_SOURCE"])
+print("databases:", ",".join(c.list_database_names()))
+refused("createUser", lambda: db.command("createUser", "intruder", pwd="x", roles=[]))
+refused("usersInfo", lambda: db.command("usersInfo", {"forAllDBs": True}))
+refused("admin", lambda: c.admin["system.users"].find_one())
+refused("otherdb", lambda: c["otherdb"]["t"].insert_one({"n": 1}))
+'
+
+check_least_privilege() {
+  local api_cid secrets out
+  secrets=$(docker exec "$MANAGER" docker service inspect -f \
+    '{{range .Spec.TaskTemplate.ContainerSpec.Secrets}}{{.File.Name}} {{end}}' "${STACK_NAME}_api" 2>/dev/null | xargs)
+  if [ -n "$secrets" ] && [[ " $secrets " != *" mongo_root_password "* ]]; then
+    pass "the api service gets no MongoDB root password: its secrets are [$secrets]"
+  else
+    fail "api secrets: [$secrets] (mongo_root_password must not be among them)"
+  fi
+  api_cid=$(task_container "$WORKER2" api || true)
+  [ -n "$api_cid" ] || { fail "least privilege: no api container on $WORKER2"; return; }
+  out=$(docker exec "$WORKER2" docker exec "$api_cid" python -c "$LEAST_PRIVILEGE_PY" 2>&1 || true)
+  local user dbs crud index
+  user=$(sed -n 's/^user: //p' <<<"$out")
+  crud=$(sed -n 's/^crud: //p' <<<"$out")
+  index=$(sed -n 's/^index: //p' <<<"$out")
+  dbs=$(sed -n 's/^databases: //p' <<<"$out")
+  if [ "$crud" = ok ] && [ "$index" = ok ]; then
+    pass "as the API's MongoDB user ($user): insert, update, find, delete and a unique index on a scratch collection of $MONGO_DB work"
+  else
+    fail "CRUD and index as the API's user: $(tr '\n' ' ' <<<"$out" | cut -c1-300)"
+  fi
+  if [ "$dbs" = "$MONGO_DB" ]; then
+    pass "as the API's user, listDatabases shows only its database: [$dbs]"
+  else
+    fail "as the API's user, listDatabases shows [$dbs], expected [$MONGO_DB]"
+  fi
+  local what line
+  for what in createUser usersInfo admin otherdb; do
+    line=$(sed -n "s/^$what: //p" <<<"$out")
+    local label
+    case $what in
+      createUser) label="user management (createUser on $MONGO_DB)" ;;
+      usersInfo) label="reading users (usersInfo, all databases)" ;;
+      admin) label="the admin database (find on admin.system.users)" ;;
+      otherdb) label="another database (insert into otherdb.t)" ;;
+    esac
+    if [ "$line" = "code 13" ]; then
+      pass "as the API's user, $label is refused: code 13 (Unauthorized)"
+    else
+      fail "as the API's user, $label: ${line:-no answer} (code 13 expected)"
+    fi
+  done
+}
+
 cmd_verify() {
   step "verify: the stack $STACK_NAME against its requirements (PASS/FAIL per line)"
   local node
   for node in "${NODES[@]}"; do require_node "$node"; done
+  require_ingress_ports
   WORK=$(mktemp -d)
   trap 'rm -rf "$WORK"' EXIT
   wait_ready || true
@@ -388,6 +473,7 @@ cmd_verify() {
   check_request_id_replaced
   check_metrics_closed
   check_metrics_in_task
+  check_least_privilege
   printf '\nverify: %d checks, %d failed\n' "$CHECKS" "$FAILED"
   [ "$FAILED" -eq 0 ]
 }
