@@ -1431,7 +1431,7 @@ def openapi_document(max_batch: int) -> Document:
     get_one["responses"]["304"] = {"description": reason_phrase(304), "headers": ETAG}
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Users API", "version": "1.0.0"},
+        "info": {"title": "Users API", "version": "1.1.0"},
         "paths": {
             "/users": {
                 "post": operation(
