@@ -374,37 +374,33 @@ def test_restore_refuses_a_bad_file_before_touching_the_database(
     assert not run.called("mongorestore")
 
 
-def test_restore_refuses_another_databases_archive(sandbox: Path) -> None:
-    path = sandbox / "other.archive.gz"
-    path.write_bytes(gzip.compress(b"an archive of otherdb"))
-    rules: list[Rule] = [
-        {
-            "pattern": r"mongorestore.*--dryRun",
-            "stderr": "preparing collections to restore from\ndry run completed\n",
-        },
-        *HEALTHY,
-    ]
-    run = swarm(sandbox, "restore", str(path), rules=rules)
-    assert run.rc == 1
-    assert "holds no usersdb.users collection" in run.stderr
-    assert run.called("mongorestore.*--dryRun")
-    assert not run.called("--drop")
-
-
-def test_restore_refuses_what_the_dry_run_refuses(sandbox: Path) -> None:
+@pytest.mark.parametrize(
+    ("dry_run", "message"),
+    [
+        (
+            {"stderr": "preparing collections to restore from\ndry run completed\n"},
+            "holds no usersdb.users collection",
+        ),
+        (
+            {
+                "rc": 1,
+                "stderr": "Failed: stream or file does not appear to be a mongodump archive\n",
+            },
+            "does not appear to be a mongodump archive",
+        ),
+    ],
+    ids=["another database's archive", "not an archive"],
+)
+def test_restore_refuses_what_the_dry_run_does_not_vouch_for(
+    sandbox: Path, dry_run: Rule, message: str
+) -> None:
     path = sandbox / "odd.archive.gz"
-    path.write_bytes(gzip.compress(b"no archive"))
-    rules: list[Rule] = [
-        {
-            "pattern": r"mongorestore.*--dryRun",
-            "rc": 1,
-            "stderr": "Failed: stream or file does not appear to be a mongodump archive\n",
-        },
-        *HEALTHY,
-    ]
+    path.write_bytes(gzip.compress(b"no archive of usersdb"))
+    rules: list[Rule] = [{"pattern": r"mongorestore.*--dryRun", **dry_run}, *HEALTHY]
     run = swarm(sandbox, "restore", str(path), rules=rules)
     assert run.rc == 1
-    assert "does not appear to be a mongodump archive" in run.stderr
+    assert message in run.stderr
+    assert run.called("mongorestore.*--dryRun")
     assert not run.called("--drop")
 
 
