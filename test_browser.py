@@ -24,18 +24,10 @@ from urllib.error import URLError
 from urllib.parse import urlsplit
 
 import pytest
+from browser_check import CHROMIUM, CHROMIUM_ARGS, origin_of
 from playwright.sync_api import Browser, ConsoleMessage, Locator, Page, Request, sync_playwright
 
 Json = Any
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-# Running as root needs --no-sandbox; the others keep Chromium from calling home.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 # Every Content-Security-Policy violation of the page, as the browser reports it.
 RECORD_CSP_VIOLATIONS = """
 window.cspViolations = [];
@@ -265,3 +257,18 @@ def test_a_bad_field_shows_422(docs: Docs) -> None:
             "message": "use 3 to 30 letters, digits, '.', '_' or '-'",
         }
     ]
+
+
+@pytest.mark.parametrize(
+    ("url", "foreign"),
+    [
+        ("https://localhost/docs", False),  # the default port, written or not, is one origin
+        ("https://localhost:443/openapi.json", False),
+        ("http://localhost/docs", True),
+        ("https://localhost:8443/docs", True),
+        ("https://cdn.example.com/swagger-ui.css", True),
+    ],
+)
+def test_the_deployed_check_tells_other_origins_apart(url: str, foreign: bool) -> None:
+    assert (origin_of(url) != origin_of("https://localhost:443")) is foreign
+    assert (origin_of(url) != origin_of("https://localhost")) is foreign

@@ -58,8 +58,17 @@ class DocsSearch:
     requests: list[str] = field(default_factory=list)
 
     def foreign(self, base_url: str) -> list[str]:
-        origin = urlsplit(base_url)[:2]
-        return [url for url in self.requests if urlsplit(url)[:2] != origin]
+        return [url for url in self.requests if origin_of(url) != origin_of(base_url)]
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin_of(url: str) -> tuple[str, str, int | None]:
+    """Scheme, host and port, the default port written out: https://h and https://h:443 are
+    one origin, as browsers see it."""
+    parts = urlsplit(url)
+    return parts.scheme, parts.hostname or "", parts.port or DEFAULT_PORTS.get(parts.scheme)
 
 
 def search_from_docs(page: Page, base_url: str, query: str) -> DocsSearch:
