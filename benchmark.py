@@ -1,9 +1,12 @@
 """Throughput of the users API through gunicorn, sync against gthread workers while the
-database is slow, and database round trips per batch.
+database is slow, database round trips per batch and, against a MongoDB server, the CPU
+each request costs next to a minimal Flask + pymongo app (minimal_app.py).
 
-    tox -e bench                                   # in-memory store
-    BENCH_MONGO_URI=mongodb://... tox -e bench      # against a real MongoDB
+    tox -e bench                                   # in-memory store; no CPU comparison
+    BENCH_MONGO_URI=mongodb://... tox -e bench      # against a MongoDB-wire server
     BENCH_DB_LATENCY_MS=0 tox -e bench              # no simulated database latency
+    tox -e bench -- cpu                             # only some parts: throughput, workers,
+                                                    # round-trips, cpu
 
 Prints figures; it asserts nothing about speed. With the in-memory store (mongomock) the
 figures measure the API and gunicorn, not a database. For the workers' comparison every
@@ -24,11 +27,14 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from bson import ObjectId
 from flask import Flask
+from pymongo import MongoClient
 from pymongo.collection import Collection
 
 import usersapi
@@ -99,18 +105,27 @@ def free_port() -> int:
 
 
 def start_gunicorn(
-    port: int, mongo_uri: str, *options: str, app: str = "usersapi:create_app()"
+    port: int,
+    mongo_uri: str,
+    *options: str,
+    app: str = "usersapi:create_app()",
+    env: Mapping[str, str] | None = None,
+    ready_path: str = "/health",
 ) -> subprocess.Popen[bytes]:
-    """gunicorn with the project's gunicorn.conf.py, as the image runs it."""
-    env = {**os.environ, "MONGO_URI": mongo_uri, "LOG_LEVEL": "WARNING"}
+    """gunicorn with the project's gunicorn.conf.py, as the image runs it; with ENV, its
+    variables are set and the server's output is discarded."""
+    settings = {"MONGO_URI": mongo_uri, "LOG_LEVEL": "WARNING"} if env is None else env
     command = [
         sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py",
         "--bind", f"127.0.0.1:{port}", *options, app,
     ]  # fmt: skip
-    server = subprocess.Popen(command, env=env, cwd=HERE)
+    output = None if env is None else subprocess.DEVNULL
+    server = subprocess.Popen(
+        command, env={**os.environ, **settings}, cwd=HERE, stdout=output, stderr=output
+    )
     for _ in range(100):
         try:
-            if call(port, "GET", "/health")[0] == 200:
+            if call(port, "GET", ready_path)[0] == 200:
                 return server
         except OSError:
             time.sleep(0.1)
@@ -246,12 +261,177 @@ def round_trips() -> None:
     print(f"round trips, edit of {BATCH_SIZE} users     {len(counter.calls):>4}  {counter.calls}")
 
 
+# --- CPU per request: the API against a minimal Flask + pymongo app (minimal_app.py), both
+# served by gunicorn with gunicorn.conf.py as the image runs it, on the same MongoDB server
+# and the same users. The figure is the CPU time the gunicorn master and its workers spent
+# (utime + stime from /proc) while a round of requests was answered, divided by the
+# requests. Rounds of the two apps alternate, so a machine busy with other work slows both
+# alike, and the cheapest round of each counts: other work can only add to a round.
+
+CPU_ROUNDS = int(os.environ.get("BENCH_CPU_ROUNDS", "5"))
+CPU_REQUESTS = int(os.environ.get("BENCH_CPU_REQUESTS", "1000"))
+CPU_CLIENTS = int(os.environ.get("BENCH_CPU_CLIENTS", "4"))
+# Few users: the lab's MongoDB stand-in scans a collection for any query, so its answers
+# slow down as the collection grows (the created users are removed after each round).
+CPU_SEEDED_USERS = 100
+CPU_DATABASE = "usersapi_bench_cpu"
+TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Operation:
+    label: str
+    method: str
+    path: str
+    status: int
+
+    def requests(self, count: int) -> list[tuple[str, object]]:
+        """COUNT requests (path and body) of this operation; each create a new user."""
+        if self.method == "POST":
+            return [(self.path, user) for user in users(count)]
+        return [(self.path, None)] * count
+
+
+def proc_stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (the state is the first)."""
+    text = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    return text.rsplit(")", 1)[1].split()
+
+
+def gunicorn_processes(master: int) -> list[int]:
+    """The gunicorn master and its workers (the processes whose parent it is)."""
+    workers = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int(proc_stat(int(entry.name))[1]) == master:
+                    workers.append(int(entry.name))
+            except (OSError, IndexError):
+                continue  # gone meanwhile
+    return [master, *workers]
+
+
+def cpu_ticks(master: int) -> dict[int, int]:
+    """Clock ticks of CPU (user + system) each gunicorn process has used so far."""
+    ticks = {}
+    for pid in gunicorn_processes(master):
+        try:
+            fields = proc_stat(pid)
+        except OSError:
+            continue
+        ticks[pid] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def send_all(port: int, method: str, requests: list[tuple[str, object]], status: int) -> None:
+    """The requests from CPU_CLIENTS threads, each on a new connection (as nginx does)."""
+    failures: list[tuple[int, Any]] = []
+
+    def client(share: list[tuple[str, object]]) -> None:
+        for path, body in share:
+            answer = call(port, method, path, body)
+            if answer[0] != status:
+                failures.append(answer)
+
+    shares = [requests[n::CPU_CLIENTS] for n in range(CPU_CLIENTS)]
+    threads = [threading.Thread(target=client, args=(share,)) for share in shares]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        sys.exit(f"{len(failures)} requests failed, e.g. {failures[0]}")
+
+
+def cpu_ms_per_request(
+    server: subprocess.Popen[bytes], port: int, operation: Operation, count: int
+) -> float:
+    requests = operation.requests(count)
+    before = cpu_ticks(server.pid)
+    send_all(port, operation.method, requests, operation.status)
+    after = cpu_ticks(server.pid)
+    used = sum(ticks - before.get(pid, 0) for pid, ticks in after.items())
+    return used / TICKS_PER_SECOND * 1000 / count
+
+
+def cpu_compared(mongo_uri: str | None) -> None:
+    print(
+        f"\nCPU per request, gunicorn master and workers (gunicorn.conf.py), {CPU_CLIENTS} "
+        f"clients, cheapest of {CPU_ROUNDS} rounds of {CPU_REQUESTS} requests"
+    )
+    if not mongo_uri:
+        print(
+            "  not measured: set BENCH_MONGO_URI to a MongoDB-wire server. The in-memory "
+            "store lives in each worker and costs more CPU than the API itself, so it "
+            "cannot serve as a common backend."
+        )
+        return
+    env = {"MONGO_URI": mongo_uri, "MONGO_DB": CPU_DATABASE, "LOG_LEVEL": "INFO"}
+    apps = {"usersapi": "usersapi:create_app()", "minimal": "minimal_app:create_app()"}
+    ports = {name: free_port() for name in apps}
+    servers = {
+        name: start_gunicorn(ports[name], mongo_uri, app=app, env=env, ready_path="/users")
+        for name, app in apps.items()
+    }
+    client: MongoClient[usersapi.Document] = MongoClient(mongo_uri)
+    collection = client[CPU_DATABASE]["users"]
+    try:
+        status, created = call(ports["usersapi"], "POST", "/users", users(CPU_SEEDED_USERS))
+        expect(201, (status, created))
+        seeded = [ObjectId(user["id"]) for user in created]
+        operations = [
+            Operation("GET /users/<id>", "GET", f"/users/{created[0]['id']}", 200),
+            Operation("GET /users (a page of 20)", "GET", "/users?limit=20&offset=40", 200),
+            Operation("GET /users/search", "GET", "/users/search?q=bench&limit=20", 200),
+            Operation("POST /users (one user)", "POST", "/users", 201),
+        ]
+        figures: dict[tuple[str, str], list[float]] = {}
+        # A first round of a few requests warms up (each worker's client, the index);
+        # its figures are not kept.
+        for round_number, count in enumerate([50] + [CPU_REQUESTS] * CPU_ROUNDS):
+            # Alternate which app goes first, so neither always follows the other's load.
+            order = list(apps) if round_number % 2 == 0 else list(reversed(apps))
+            for operation in operations:
+                for name in order:
+                    used = cpu_ms_per_request(servers[name], ports[name], operation, count)
+                    if round_number > 0:
+                        figures.setdefault((operation.label, name), []).append(used)
+                    collection.delete_many({"_id": {"$nin": seeded}})
+        print(f"{'operation':<28} {'usersapi ms':>11} {'minimal ms':>10} {'ratio':>6}   rounds")
+        for operation in operations:
+            ours = figures[operation.label, "usersapi"]
+            minimal = figures[operation.label, "minimal"]
+            spread = f"{max(ours) / min(ours):.2f}x, {max(minimal) / min(minimal):.2f}x"
+            print(
+                f"{operation.label:<28} {min(ours):>11.3f} {min(minimal):>10.3f} "
+                f"{min(ours) / min(minimal):>6.2f}   max/min {spread}"
+            )
+    finally:
+        for server in servers.values():
+            server.terminate()
+            server.wait(timeout=30)
+        client.drop_database(CPU_DATABASE)
+        client.close()
+
+
+SECTIONS = ("throughput", "workers", "round-trips", "cpu")
+
+
 def main() -> None:
+    sections = sys.argv[1:] or SECTIONS
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        sys.exit(f"usage: benchmark.py [{' | '.join(SECTIONS)}]...; unknown: {sorted(unknown)}")
     mongo_uri = os.environ.get("BENCH_MONGO_URI", usersapi.IN_MEMORY_URI)
     print(f"usersapi benchmark: gunicorn, {usersapi.Settings(mongo_uri=mongo_uri).describe()}")
-    throughput(mongo_uri)
-    workers_compared(mongo_uri)
-    round_trips()
+    if "throughput" in sections:
+        throughput(mongo_uri)
+    if "workers" in sections:
+        workers_compared(mongo_uri)
+    if "round-trips" in sections:
+        round_trips()
+    if "cpu" in sections:
+        cpu_compared(os.environ.get("BENCH_MONGO_URI"))
 
 
 if __name__ == "__main__":

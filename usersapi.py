@@ -1601,30 +1601,31 @@ def route_label() -> str:
     return request.url_rule.rule if request.url_rule is not None else UNMATCHED_ROUTE
 
 
-def log_request(response: Response, seconds: float) -> None:
+def log_request(response: Response, request_id: str, route: str, seconds: float) -> None:
+    method, path, status = request.method, request.path, response.status_code
     fields = {
-        "method": request.method,
-        "path": request.path,
-        "route": route_label(),
-        "status": response.status_code,
+        "request_id": request_id,
+        "method": method,
+        "path": path,
+        "route": route,
+        "status": status,
         "duration_ms": round(seconds * 1000, 2),
         "client": request.remote_addr,  # after ProxyFix: the address nginx saw
     }
-    message = "%s %s %s %.2f ms"
-    access_log.info(
-        message, request.method, request.path, response.status_code, seconds * 1000, extra=fields
-    )
+    access_log.info("%s %s %s %.2f ms", method, path, status, seconds * 1000, extra=fields)
 
 
 def finish_request(response: Response) -> Response:
     """Every response carries the request id; every request gets one access line and is
     counted in the metrics."""
-    if g.get("request_id") is None:  # a hook registered before start_request failed
-        g.request_id = request_id_from(None)
-    response.headers[REQUEST_ID_HEADER] = g.request_id
+    request_id = g.get("request_id")
+    if request_id is None:  # a hook registered before start_request failed
+        request_id = g.request_id = request_id_from(None)
+    response.headers[REQUEST_ID_HEADER] = request_id
     seconds = time.perf_counter() - g.get("started", time.perf_counter())
-    log_request(response, seconds)
-    record_request(response, seconds)
+    route = route_label()
+    log_request(response, request_id, route, seconds)
+    record_request(response, route, seconds)
     return response
 
 
@@ -1687,12 +1688,14 @@ def metrics() -> Metrics:
     return app_metrics
 
 
-def record_request(response: Response, seconds: float) -> None:
+def record_request(response: Response, route: str, seconds: float) -> None:
     # Any token is a method to werkzeug: unknown ones share a label to keep the series few.
-    method = request.method if request.method in KNOWN_METHODS else "OTHER"
-    route = route_label()
-    metrics().requests.labels(method, route, str(response.status_code)).inc()
-    metrics().latency.labels(method, route).observe(seconds)
+    method = request.method
+    if method not in KNOWN_METHODS:
+        method = "OTHER"
+    app_metrics = metrics()
+    app_metrics.requests.labels(method, route, str(response.status_code)).inc()
+    app_metrics.latency.labels(method, route).observe(seconds)
 
 
 def record_database_error(kind: str) -> None:
