@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -190,6 +190,16 @@ def throughput(mongo_uri: str) -> None:
         server.wait(timeout=10)
 
 
+def run_clients(threads: list[threading.Thread], failures: Sequence[object]) -> None:
+    """Start the client threads, wait for them all, and stop if any request failed."""
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        sys.exit(f"{len(failures)} requests failed, e.g. {failures[0]}")
+
+
 def load(port: int, path: str, clients: int) -> tuple[int, list[float]]:
     """CLIENTS threads each send requests one after the other, each on a new connection
     (as nginx does upstream), for SECONDS; the number of answers and their latencies."""
@@ -205,13 +215,7 @@ def load(port: int, path: str, clients: int) -> tuple[int, list[float]]:
             if status != 200:
                 failures.append(status)
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failures:
-        sys.exit(f"{len(failures)} requests failed, e.g. {failures[0]}")
+    run_clients([threading.Thread(target=client) for _ in range(clients)], failures)
     return len(latencies), latencies
 
 
@@ -334,13 +338,7 @@ def send_all(port: int, method: str, requests: list[tuple[str, object]], status:
                 failures.append(answer)
 
     shares = [requests[n::CPU_CLIENTS] for n in range(CPU_CLIENTS)]
-    threads = [threading.Thread(target=client, args=(share,)) for share in shares]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failures:
-        sys.exit(f"{len(failures)} requests failed, e.g. {failures[0]}")
+    run_clients([threading.Thread(target=client, args=(share,)) for share in shares], failures)
 
 
 def cpu_ms_per_request(
