@@ -55,11 +55,23 @@ timeout = 60
 # image's user has none, and two servers on one machine would share its default path).
 control_socket_disable = True
 
+# --- Metrics: prometheus_client's multiprocess mode. Each worker writes its figures to
+# files in this directory and /metrics sums them. The variable must be set before
+# prometheus_client is first imported, in the arbiter and so in every worker it forks.
+CREATED_METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+if CREATED_METRICS_DIR:
+    shm = "/dev/shm" if Path("/dev/shm").is_dir() else None  # noqa: S108
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="usersapi-metrics-", dir=shm)
+
 # --- Logs: the app writes one JSON line per request, so gunicorn's access log is off; its
 # error log goes to stderr through the app's formatter, in the same format.
-LOG_FORMAT = os.environ.get("LOG_FORMAT", "json").strip().lower() or "json"
-if LOG_FORMAT not in {"json", "text"}:
-    raise SystemExit(f"gunicorn.conf.py: LOG_FORMAT must be json or text, got {LOG_FORMAT!r}")
+# usersapi is imported only now, after PROMETHEUS_MULTIPROC_DIR is set above.
+from usersapi import ConfigError, read_log_format  # noqa: E402
+
+try:
+    LOG_FORMAT = read_log_format(os.environ)
+except ConfigError as exc:
+    raise SystemExit(f"gunicorn.conf.py: {exc}") from None
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 accesslog = None
 errorlog = "-"
@@ -80,14 +92,6 @@ logconfig_dict: dict[str, Any] = {
         "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": False},
     },
 }
-
-# --- Metrics: prometheus_client's multiprocess mode. Each worker writes its figures to
-# files in this directory and /metrics sums them. The variable must be set before
-# prometheus_client is first imported, in the arbiter and so in every worker it forks.
-CREATED_METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
-if CREATED_METRICS_DIR:
-    shm = "/dev/shm" if Path("/dev/shm").is_dir() else None  # noqa: S108
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="usersapi-metrics-", dir=shm)
 
 
 def metrics_dir() -> Path:
