@@ -337,10 +337,12 @@ new_task_failures() {
       <(printf '%s\n' "$TASKS_BEFORE") -
 }
 
-api_image_in_spec() {  # the image the api service's spec names, without its digest
+service_image() {  # service_image SERVICE: the image its spec names, without its digest
   docker exec "$MANAGER" docker service inspect -f '{{.Spec.TaskTemplate.ContainerSpec.Image}}' \
-    "${STACK_NAME}_api" 2>/dev/null | sed 's/@sha256:[0-9a-f]*$//'
+    "$1" 2>/dev/null | sed 's/@sha256:[0-9a-f]*$//'
 }
+
+api_image_in_spec() { service_image "${STACK_NAME}_api"; }
 
 # rollback_outcome REASON: waits for a rollback in flight (or started within 20 s) to end,
 # then prints one line saying where it landed and why, and fails.
@@ -355,8 +357,7 @@ rollback_outcome() {
     svc=$(awk '$4 ~ /^rollback_(completed|paused)$/ {print $1; exit}' <<<"$states")
     if [ -n "$svc" ]; then
       local image
-      image=$(docker exec "$MANAGER" docker service inspect -f \
-        '{{.Spec.TaskTemplate.ContainerSpec.Image}}' "$svc" | sed 's/@sha256:[0-9a-f]*$//')
+      image=$(service_image "$svc")
       printf 'ROLLED BACK: %s runs %s again: the update to %s failed: %s\n' \
         "$svc" "$image" "${DEPLOY_IMAGE:-a new spec}" "$reason"
       return 1
@@ -469,19 +470,19 @@ ensure_app_user() {
   show_cmd docker exec -i "$MANAGER" docker exec -i "$cid" mongosh --quiet '<' "usersInfo $MONGO_APP_USER"
   out=$(printf 'printjson(db.getSiblingDB(%s).runCommand({usersInfo: %s}))\n' "$db" "$user" |
     mongosh_as_root "$cid" 2>&1) || die "cannot read MongoDB's users as $MONGO_ROOT_USER: $out"
+  local roles="[{role: 'readWrite', db: $db}]" command
   if grep -qF "$MONGO_DB.$MONGO_APP_USER" <<<"$out"; then
     action=updateUser
     info "user $MONGO_APP_USER exists in $MONGO_DB: setting its password (from $SECRETS_DIR/mongo_app_password) and role again"
-    show_cmd docker exec -i "$MANAGER" docker exec -i "$cid" mongosh --quiet '<' "updateUser $MONGO_APP_USER"
-    out=$(printf "printjson(db.getSiblingDB(%s).updateUser(%s, {pwd: %s, roles: [{role: 'readWrite', db: %s}]}))\n" \
-      "$db" "$user" "$(js_string "$pw")" "$db" | mongosh_as_root "$cid" 2>&1) || action=failed
+    command="updateUser($user, {pwd: $(js_string "$pw"), roles: $roles})"
   else
     action=createUser
     info "no user $MONGO_APP_USER in $MONGO_DB (a database initialised with the root user only): creating it"
-    show_cmd docker exec -i "$MANAGER" docker exec -i "$cid" mongosh --quiet '<' "createUser $MONGO_APP_USER"
-    out=$(printf "printjson(db.getSiblingDB(%s).createUser({user: %s, pwd: %s, roles: [{role: 'readWrite', db: %s}]}))\n" \
-      "$db" "$user" "$(js_string "$pw")" "$db" | mongosh_as_root "$cid" 2>&1) || action=failed
+    command="createUser({user: $user, pwd: $(js_string "$pw"), roles: $roles})"
   fi
+  show_cmd docker exec -i "$MANAGER" docker exec -i "$cid" mongosh --quiet '<' "$action $MONGO_APP_USER"
+  out=$(printf 'printjson(db.getSiblingDB(%s).%s)\n' "$db" "$command" |
+    mongosh_as_root "$cid" 2>&1) || action=failed
   out=${out//"$pw"/<password>}
   [ "$action" != failed ] || die "could not set up the MongoDB user $MONGO_APP_USER: $out"
   info "$action $MONGO_APP_USER on $MONGO_DB (readWrite): $(tail -n 1 <<<"$out")"
