@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # The backup, restore and drill steps of stack/swarm.sh, which sources this file. They use the
-# settings and helpers swarm.sh defines, and verify.sh's (api, pass, fail, task_container).
+# settings and helpers swarm.sh defines, and verify.sh's (api, pass, fail, task_container,
+# API_CLIENT_PY).
 #
 # The database tools run inside the mongo task as MongoDB's root user: the password stays in
 # the task's /run/secrets and reaches mongodump/mongorestore through --config (a file given
@@ -103,21 +104,16 @@ all_user_ids() {
 duplicate_email_refused() {
   local cid
   cid=$(task_container "$WORKER2" api)
-  docker exec -i "$WORKER2" docker exec -i -e "DUP_EMAIL=$1" "$cid" python - <<'PY' 2>&1
-import os
-from pymongo import MongoClient
+  docker exec -i "$WORKER2" docker exec -i -e "DUP_EMAIL=$1" "$cid" python - 2>&1 <<PY
+$API_CLIENT_PY
 from pymongo.errors import DuplicateKeyError
-with open(os.environ["MONGO_PASSWORD_FILE"]) as f:
-    pw = f.read().strip()
-c = MongoClient(host=os.environ["MONGO_HOST"], username=os.environ["MONGO_USER"], password=pw,
-                authSource=os.environ["MONGO_AUTH_SOURCE"], serverSelectionTimeoutMS=5000)
-users = c[os.environ["MONGO_DB"]]["users"]
+users = c[env["MONGO_DB"]]["users"]
 try:
-    users.insert_one({"name": "dup", "email": os.environ["DUP_EMAIL"], "username": "dup"})
+    users.insert_one({"name": "dup", "email": env["DUP_EMAIL"], "username": "dup"})
 except DuplicateKeyError:
     print(True)
 else:
-    users.delete_many({"username": "dup", "email": os.environ["DUP_EMAIL"], "name": "dup"})
+    users.delete_many({"username": "dup", "email": env["DUP_EMAIL"], "name": "dup"})
     print(False)
 PY
 }

@@ -310,12 +310,16 @@ service_log_line() {
   printf '%s' "$line"
 }
 
+# returned_request_ids PATH ID: every X-Request-ID of the response to GET PATH sent with ID.
+returned_request_ids() {
+  curl -sk -m 10 -o /dev/null -D - -H "X-Request-ID: $2" "$HTTPS_URL$1" |
+    tr -d '\r' | grep -i '^x-request-id:' | cut -d' ' -f2- | xargs || true
+}
+
 check_request_id() {
-  local rid headers ids api_line ingress_line
+  local rid ids api_line ingress_line
   rid=verify-$(date +%s)-$RANDOM
-  headers=$(curl -sk -m 10 -o /dev/null -D - -H "X-Request-ID: $rid" "$HTTPS_URL/users?limit=1" |
-    tr -d '\r' || true)
-  ids=$(grep -i '^x-request-id:' <<<"$headers" | cut -d' ' -f2- | xargs || true)
+  ids=$(returned_request_ids "/users?limit=1" "$rid")
   api_line=$(service_log_line api "\"request_id\": \"$rid\"")
   ingress_line=$(service_log_line ingress "\"request_id\":\"$rid\"")
   local detail="GET /users?limit=1 with X-Request-ID $rid -> X-Request-ID [$ids]"
@@ -328,8 +332,7 @@ check_request_id() {
 
 check_request_id_replaced() {
   local ids
-  ids=$(curl -sk -m 10 -o /dev/null -D - -H 'X-Request-ID: not sane; <script>' "$HTTPS_URL/health" |
-    tr -d '\r' | grep -i '^x-request-id:' | cut -d' ' -f2- | xargs || true)
+  ids=$(returned_request_ids /health 'not sane; <script>')
   if [[ "$ids" =~ ^[0-9a-f]{32}$ ]]; then
     pass "an insane X-Request-ID is replaced by nginx: 'not sane; <script>' -> X-Request-ID $ids"
   else
@@ -368,15 +371,20 @@ with urllib.request.urlopen('http://127.0.0.1:8000/metrics', timeout=5) as r:
 
 # What the API's own MongoDB credentials may do, tried from an api container with the
 # settings and secret file it runs with. Prints "name: result" lines.
-LEAST_PRIVILEGE_PY='
-import os, time
+# API_CLIENT_PY: Python that connects "c" to MongoDB as the API does, from an api container's
+# own settings and secret file; the checks below (and the drill's) go on from there.
+API_CLIENT_PY='
+import os
 from pymongo import MongoClient
-from pymongo.errors import OperationFailure
 env = os.environ
 with open(env["MONGO_PASSWORD_FILE"]) as f:
     pw = f.read().strip()
 c = MongoClient(host=env["MONGO_HOST"], port=int(env["MONGO_PORT"]), username=env["MONGO_USER"],
                 password=pw, authSource=env["MONGO_AUTH_SOURCE"], serverSelectionTimeoutMS=5000)
+'
+LEAST_PRIVILEGE_PY=$API_CLIENT_PY'
+import time
+from pymongo.errors import OperationFailure
 db = c[env["MONGO_DB"]]
 def refused(what, call):
     try:
