@@ -7,7 +7,7 @@ page's own controls, and check that every request the page made stayed on its or
 Prints one line (what the page showed, how many requests went where) and exits 0 when the
 search answered 200 on the page, found ID if given, and no request left BASE_URL's origin;
 1 otherwise, 2 when the browser cannot be started. stack/verify.sh runs it against the
-ingress (--insecure: its certificate is self-signed) and stack/evidence_render.py uses it to
+ingress (--insecure: its certificate is self-signed) and tools/evidence_render.py uses it to
 take the /docs picture. CHROMIUM names the browser binary (default /usr/bin/chromium).
 """
 

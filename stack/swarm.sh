@@ -751,7 +751,7 @@ main() {
   done
 }
 
-# Sourced (as stack/evidence.sh does), the script only defines its settings and functions.
+# Sourced (as tools/evidence.sh does), the script only defines its settings and functions.
 if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
   main "$@"
 fi

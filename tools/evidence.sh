@@ -5,9 +5,9 @@
 # takes Chromium screenshots of the API through the ingress (/docs with a search run from the
 # page among them), and rewrites the "This run" section of evidencias/README.md.
 #
-#   bash stack/evidence.sh                 every step, in the order of the task
-#   bash stack/evidence.sh verify browser  only these steps (their pictures are replaced)
-#   bash stack/evidence.sh help            the steps, their pictures and every setting
+#   bash tools/evidence.sh                 every step, in the order of the task
+#   bash tools/evidence.sh verify browser  only these steps (their pictures are replaced)
+#   bash tools/evidence.sh help            the steps, their pictures and every setting
 #
 # Needs what stack/swarm.sh needs (docker, curl, openssl), the README's test setup (.venv with
 # tox), a Python with requirements.txt and requirements-dev.txt (`tox -e evidence` runs this
@@ -20,7 +20,7 @@ set -euo pipefail
 # stack/swarm.sh's settings (STACK_NAME, API_IMAGE, HTTP_PORT, MANAGER, ...), STACK_DIR,
 # PROJECT_DIR and its output helpers: sourced, it defines them and runs no step.
 # shellcheck source=stack/swarm.sh
-source "$(dirname "${BASH_SOURCE[0]}")/swarm.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../stack/swarm.sh"
 cd "$PROJECT_DIR"  # commands are shown, and run, relative to the repository root
 
 # --- settings ------------------------------------------------------------------------------
@@ -28,9 +28,11 @@ EVIDENCE_DIR=${EVIDENCE_DIR:-evidencias}  # relative to the repository root, or 
 EVIDENCE_STEPS=${EVIDENCE_STEPS:-tests api build push swarm labels deploy services verify https browser}
 KEEP_GOING=${KEEP_GOING:-0}
 SWARM_SH=${SWARM_SH:-stack/swarm.sh}
-RENDERER=${RENDERER:-stack/evidence_render.py}
+RENDERER=${RENDERER:-tools/evidence_render.py}
 PYTHON=${PYTHON:-python3}
 TOX=${TOX:-.venv/bin/tox}  # the README's test setup
+# The renderer shares the deployed browser check (stack/browser_check.py).
+export PYTHONPATH="$STACK_DIR${PYTHONPATH:+:$PYTHONPATH}"
 # Said in the caption of every deployment picture when images stand in for official ones,
 # e.g. STAND_IN_NOTE="mongo:8.0 here is a wire-compatible stand-in, not MongoDB".
 STAND_IN_NOTE=${STAND_IN_NOTE:-}
@@ -211,7 +213,7 @@ step_browser() {
 }
 
 # --- README -----------------------------------------------------------------------------------
-README_BEGIN='<!-- BEGIN this-run: written by stack/evidence.sh; edits here are replaced -->'
+README_BEGIN='<!-- BEGIN this-run: written by tools/evidence.sh; edits here are replaced -->'
 README_END='<!-- END this-run -->'
 
 or_unknown() { local out; out=$("$@" 2>/dev/null) && [ -n "$out" ] && printf '%s' "$out" || printf 'unknown'; }
@@ -225,7 +227,7 @@ this_run_section() {
   echo "$README_BEGIN"
   echo "## This run"
   echo
-  echo "Last written by \`stack/evidence.sh\` on $(date -u '+%Y-%m-%d %H:%M:%S') UTC, steps: $RUN_STEPS;" \
+  echo "Last written by \`tools/evidence.sh\` on $(date -u '+%Y-%m-%d %H:%M:%S') UTC, steps: $RUN_STEPS;" \
     "result: $RUN_RESULT."
   echo
   echo "| picture | captured (UTC) | on host | result |"
@@ -301,7 +303,7 @@ step_lines() {
 
 usage() {
   cat <<EOF
-usage: bash stack/evidence.sh [STEP...]
+usage: bash tools/evidence.sh [STEP...]
 
 Runs the deployment step by step with $SWARM_SH and keeps a picture of each step in
 $EVIDENCE_DIR/ (PNG, plus the same text as .txt), then updates $EVIDENCE_DIR/README.md.
@@ -314,7 +316,7 @@ settings (environment variables; current value, default in brackets):
   EVIDENCE_STEPS      $EVIDENCE_STEPS
   KEEP_GOING          $KEEP_GOING  [0: stop at the first failing step; 1: go on]
   SWARM_SH            $SWARM_SH  [stack/swarm.sh]
-  RENDERER            $RENDERER  [stack/evidence_render.py]
+  RENDERER            $RENDERER  [tools/evidence_render.py]
   PYTHON              $PYTHON  [python3; with requirements.txt and requirements-dev.txt]
   TOX                 $TOX  [.venv/bin/tox, the README's test setup]
   API_PORT            $API_PORT  [8000; the api step's local server]

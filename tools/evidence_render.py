@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Render evidence pictures with Playwright and the system's Chromium (stack/evidence.sh).
+"""Render evidence pictures with Playwright and the system's Chromium (tools/evidence.sh).
 
   evidence_render.py text --out X.png --txt X.txt --title T [--block CMD FILE RC]...
       A terminal transcript as a PNG: each block is a command (shown as "$ CMD") and the
@@ -70,7 +70,7 @@ def now_utc() -> dt.datetime:
 
 def header(name: str, title: str, when: dt.datetime, host: str, rc: int) -> list[str]:
     stamp = when.isoformat().replace("+00:00", "Z")
-    captured = f"# captured {stamp} on host {host} by stack/evidence.sh (exit status {rc})"
+    captured = f"# captured {stamp} on host {host} by tools/evidence.sh (exit status {rc})"
     return [f"# {name}: {title}", captured, ""]
 
 
