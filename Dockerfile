@@ -50,9 +50,11 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \
 ENTRYPOINT ["tini", "--"]
 CMD ["gunicorn", "--config", "gunicorn.conf.py"]
 
-# Metadata last: a new version or commit only rewrites the image config, no layer.
-ARG VERSION=dev
+# Metadata last: a new version or commit only rewrites the image config, no layer. The API
+# reports the image's version in /openapi.json (without one, the code's own).
+ARG VERSION=""
 ARG REVISION=unknown
+ENV USERSAPI_VERSION=${VERSION}
 LABEL org.opencontainers.image.title="usersapi" \
       org.opencontainers.image.description="Users CRUD API (Flask + MongoDB) served by gunicorn" \
       org.opencontainers.image.version="${VERSION}" \

@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -19,10 +20,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import bson
 import pytest
 import schemathesis
 from flask import Flask, request
@@ -1289,7 +1291,9 @@ def test_a_batch_that_keeps_losing_races_gives_up_with_409(
 @pytest.fixture
 def unreachable_db() -> FlaskClient:
     uri = f"mongodb://127.0.0.1:{free_port()}/"
-    settings = Settings(mongo_uri=uri, mongo_timeout_ms=300, mongo_password="pw-not-shown")
+    settings = Settings(
+        mongo_uri=uri, mongo_timeout_ms=300, mongo_op_timeout_ms=300, mongo_password="pw-not-shown"
+    )
     return create_app(settings).test_client()
 
 
@@ -1329,6 +1333,247 @@ def test_refused_credentials_are_503_without_the_password(
     response = client.get("/users")
     assert_problem(response, 503)
     assert "refused the credentials" in caplog.text
+
+
+# --------------------------------------------------------------------------------------
+# Time limits: a MongoDB that accepts and then never answers
+# --------------------------------------------------------------------------------------
+
+OP_QUERY, OP_REPLY, OP_MSG = 2004, 1, 2013
+HELLO_REPLY = {
+    "ismaster": True,
+    "isWritablePrimary": True,
+    "helloOk": True,
+    "maxWireVersion": 21,
+    "minWireVersion": 0,
+    "maxBsonObjectSize": 16 * 1024 * 1024,
+    "maxMessageSizeBytes": 48_000_000,
+    "maxWriteBatchSize": 100_000,
+    "logicalSessionTimeoutMinutes": 30,
+    "ok": 1.0,
+}
+
+
+class StallingMongo:
+    """A server of MongoDB's wire protocol that answers the handshake and the monitors'
+    hello, then never answers anything else: a database that does not answer in time."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.stalled = 0
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    def serve(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                while header := self.read(conn, 16):
+                    length, request_id, _, opcode = struct.unpack("<iiii", header)
+                    body = self.read(conn, length - 16)
+                    command = self.command(opcode, body)
+                    if not ({"hello", "ismaster", "isMaster"} & set(command)):
+                        self.stalled += 1
+                        continue  # never answered
+                    conn.sendall(self.reply(opcode, request_id, HELLO_REPLY))
+            except OSError:
+                return
+
+    @staticmethod
+    def read(conn: socket.socket, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = conn.recv(size - len(data))
+            if not chunk:
+                return b""
+            data += chunk
+        return data
+
+    @staticmethod
+    def command(opcode: int, body: bytes) -> dict[str, Any]:
+        if opcode == OP_QUERY:  # flags, collection name (C string), skip, limit, query
+            name_end = body.index(b"\0", 4)
+            document: dict[str, Any] = bson.decode(body[name_end + 9 :], codec_options=None)
+            return document
+        # OP_MSG: flags, then section kind 0 holds the command document
+        size = struct.unpack("<i", body[5:9])[0]
+        return dict(bson.decode(body[5 : 5 + size]))
+
+    @staticmethod
+    def reply(opcode: int, request_id: int, document: dict[str, Any]) -> bytes:
+        payload = bson.encode(document)
+        if opcode == OP_QUERY:
+            body = struct.pack("<iqii", 0, 0, 0, 1) + payload
+            reply_op = OP_REPLY
+        else:
+            body = struct.pack("<iB", 0, 0) + payload
+            reply_op = OP_MSG
+        return struct.pack("<iiii", 16 + len(body), 0, request_id, reply_op) + body
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def stalling_db() -> Iterator[tuple[FlaskClient, StallingMongo]]:
+    server = StallingMongo()
+    settings = Settings(
+        mongo_uri=f"mongodb://127.0.0.1:{server.port}/?directConnection=true",
+        mongo_op_timeout_ms=400,
+    )
+    yield create_app(settings).test_client(), server
+    server.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/users", None),
+        ("GET", "/users/0123456789abcdef01234567", None),
+        ("POST", "/users", a_user(1)),
+        ("GET", "/ready", None),
+    ],
+)
+def test_a_database_that_does_not_answer_in_time_is_503_with_retry_after(
+    stalling_db: tuple[FlaskClient, StallingMongo],
+    json_logs: Callable[[], list[Json]],
+    method: str,
+    path: str,
+    body: Json,
+) -> None:
+    client, server = stalling_db
+    started = time.monotonic()
+    response = client.open(path, method=method, json=body, headers={"X-Request-ID": "slow-1"})
+    elapsed = time.monotonic() - started
+    assert_problem(response, 503)
+    assert json_of(response)["detail"] == "the database did not answer in time; try again shortly"
+    assert response.headers["Retry-After"] == "5"
+    assert server.stalled >= 1  # the request did reach the database, which never answered
+    assert 0.3 < elapsed < 3, elapsed  # MONGO_OP_TIMEOUT_MS (0.4 s), not the 5 s defaults
+    warnings = [line for line in json_logs() if line["level"] == "WARNING"]
+    assert [(w["request_id"], w["message"]) for w in warnings] == [
+        ("slow-1", "MongoDB did not answer within MONGO_OP_TIMEOUT_MS: NetworkTimeout")
+    ]
+
+
+def test_the_time_limit_is_per_request_and_the_worker_goes_on(
+    stalling_db: tuple[FlaskClient, StallingMongo],
+) -> None:
+    client, _ = stalling_db
+    for _ in range(3):  # each request gets a fresh deadline, none inherits a spent one
+        started = time.monotonic()
+        assert client.get("/users").status_code == 503
+        assert time.monotonic() - started > 0.3
+    assert client.get("/health").status_code == 200
+
+
+def test_openapi_reports_the_images_version_else_the_codes() -> None:
+    env = {"MONGO_URI": usersapi.IN_MEMORY_URI}
+    default = create_app(Settings.from_env(env)).test_client().get("/openapi.json")
+    assert json_of(default)["info"]["version"] == usersapi.__version__
+    image = Settings.from_env({**env, "USERSAPI_VERSION": "1.1.1"})
+    assert json_of(create_app(image).test_client().get("/openapi.json"))["info"]["version"] == "1.1.1"
+
+
+def test_the_operation_time_limit_is_a_setting() -> None:
+    env = {"MONGO_URI": "mongodb://db/", "MONGO_OP_TIMEOUT_MS": "1500"}
+    assert Settings.from_env(env).mongo_op_timeout_ms == 1500
+    assert Settings.from_env({"MONGO_URI": "mongodb://db/"}).mongo_op_timeout_ms == 5000
+    with pytest.raises(ConfigError, match="MONGO_OP_TIMEOUT_MS must be a whole number"):
+        Settings.from_env({**env, "MONGO_OP_TIMEOUT_MS": "soon"})
+
+
+# --------------------------------------------------------------------------------------
+# Restores: the users are out of reach while a restore holds the lock
+# --------------------------------------------------------------------------------------
+
+
+def lock_restore(app: Flask, seconds: float) -> None:
+    database = store_of(app).client()["usersdb"]
+    expires = datetime.now(UTC) + timedelta(seconds=seconds)
+    database["restore_lock"].insert_one(
+        {"_id": "restore", "started_at": datetime.now(UTC), "expires_at": expires}
+    )
+
+
+def release_restore(app: Flask) -> None:
+    store_of(app).client()["usersdb"].drop_collection("restore_lock")
+
+
+@pytest.fixture
+def fresh_lock_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every request reads the lock anew (in production at most once a second)."""
+    monkeypatch.setattr(usersapi, "LOCK_POLL_SECONDS", 0.0)
+
+
+@pytest.mark.usefixtures("fresh_lock_reads")
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/users", None),
+        ("GET", "/users/search?q=a", None),
+        ("POST", "/users", a_user(2)),
+        ("PATCH", "/users", {"id": "0123456789abcdef01234567", "name": "x"}),
+        ("DELETE", "/users/0123456789abcdef01234567", None),
+    ],
+)
+def test_while_a_restore_holds_the_lock_users_get_503_and_nothing_changes(
+    app: Flask, client: FlaskClient, method: str, path: str, body: Json
+) -> None:
+    create(client, a_user(1))
+    lock_restore(app, 60)
+    response = client.open(path, method=method, json=body)
+    assert_problem(response, 503)
+    assert response.headers["Retry-After"] == "5"
+    assert "restored from a backup" in json_of(response)["detail"]
+    assert client.get("/health").status_code == 200
+    assert client.get("/openapi.json").status_code == 200
+    release_restore(app)
+    assert [user["email"] for user in listed(client)] == ["user1@example.com"]
+
+
+@pytest.mark.usefixtures("fresh_lock_reads")
+def test_an_expired_lock_is_ignored(app: Flask, client: FlaskClient) -> None:
+    lock_restore(app, -1)
+    assert client.get("/users").status_code == 200
+
+
+def test_the_lock_is_read_at_most_once_per_poll_interval(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert usersapi.LOCK_POLL_SECONDS == 1.0
+    monkeypatch.setattr(usersapi, "LOCK_POLL_SECONDS", 0.3)
+    assert client.get("/users").status_code == 200
+    lock_restore(app, 60)
+    assert client.get("/users").status_code == 200  # within the interval: not read again
+    time.sleep(0.35)
+    assert client.get("/users").status_code == 503
+
+
+@pytest.mark.usefixtures("fresh_lock_reads")
+def test_after_a_restore_the_unique_email_index_is_ensured_again(
+    app: Flask, client: FlaskClient
+) -> None:
+    create(client, a_user(1))
+    lock_restore(app, 60)
+    assert client.get("/users").status_code == 503
+    # The restore replaced the collection with one that has no unique index.
+    users = store_of(app).client()["usersdb"]["users"]
+    docs = list(users.find())
+    users.drop()
+    users.insert_many(docs)
+    release_restore(app)
+    response = client.post("/users", json=a_user(2, email="user1@example.com"))
+    assert_problem(response, 409)
+    indexes = users.index_information()
+    assert indexes["email_unique"]["unique"] is True
 
 
 def test_one_proxy_hop_is_trusted(app: Flask) -> None:
@@ -1475,7 +1720,7 @@ def test_an_unexpected_error_logs_its_traceback_under_the_request_id(
 def test_no_secret_reaches_any_log_line(json_logs: Callable[[], list[Json]]) -> None:
     password, token = "Pa55-in-the-URI", "Bearer tok-3f9a7c"
     uri = f"mongodb://app:{password}@127.0.0.1:{free_port()}/"
-    client = create_app(Settings.from_env({"MONGO_URI": uri, "MONGO_TIMEOUT_MS": "300"}))
+    client = create_app(Settings.from_env({"MONGO_URI": uri, "MONGO_OP_TIMEOUT_MS": "300"}))
     http = client.test_client()
     headers = {"Authorization": token, "Cookie": f"session={token}"}
     assert_problem(http.get("/users", headers=headers), 503)

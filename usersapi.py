@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import pymongo
 from bson import ObjectId
 from flask import (
     Blueprint,
@@ -67,11 +68,14 @@ from pymongo.errors import (
     ConnectionFailure,
     OperationFailure,
     PyMongoError,
+    ServerSelectionTimeoutError,
 )
 from werkzeug import routing
 from werkzeug.datastructures import ETags
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
+
+__version__ = "2.0.0"
 
 log = logging.getLogger("usersapi")
 
@@ -152,11 +156,13 @@ class Settings:
     mongo_auth_source: str = "admin"
     mongo_db: str = "usersdb"
     mongo_timeout_ms: int = 5000
+    mongo_op_timeout_ms: int = 5000
     mongo_pool_size: int = 10
     max_batch: int = 1000
     max_content_length: int = 1024 * 1024
     log_level: str = "INFO"
     log_format: str = "json"
+    version: str = __version__
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
@@ -185,11 +191,14 @@ class Settings:
             mongo_auth_source=env.get("MONGO_AUTH_SOURCE", "admin"),
             mongo_db=env.get("MONGO_DB", "usersdb"),
             mongo_timeout_ms=read_int(env, "MONGO_TIMEOUT_MS", 5000),
+            mongo_op_timeout_ms=read_int(env, "MONGO_OP_TIMEOUT_MS", 5000),
             mongo_pool_size=read_int(env, "MONGO_POOL_SIZE", 10),
             max_batch=read_int(env, "MAX_BATCH", 1000),
             max_content_length=read_int(env, "MAX_CONTENT_LENGTH", 1024 * 1024),
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
             log_format=read_log_format(env),
+            # The image sets it from its build argument, so /openapi.json names the image.
+            version=env.get("USERSAPI_VERSION") or __version__,
         )
 
     @property
@@ -377,11 +386,18 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 class ApiError(Exception):
     """An error answered to the client as a problem document."""
 
-    def __init__(self, status: int, detail: str, errors: Iterable[ProblemItem] = ()) -> None:
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        errors: Iterable[ProblemItem] = (),
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.errors = list(errors)
+        self.headers = dict(headers or {})
 
 
 # What each field takes, in words: the message when a value breaks the field's rule.
@@ -546,6 +562,11 @@ def to_object_id(user_id: str) -> ObjectId | None:
 
 
 EDITABLE_FIELDS = ("name", "email", "username", "updated_at")
+# A restore (stack/swarm.sh restore) holds this collection's lock while it replaces the users;
+# meanwhile every /users request answers 503. Read at most once a second per worker.
+RESTORE_LOCK = "restore_lock"
+LOCK_POLL_SECONDS = 1.0
+RETRY_AFTER = {"Retry-After": "5"}
 
 
 def version_of(doc: Document) -> int:
@@ -640,6 +661,9 @@ class UserStore:
         self._client: MongoClient[Document] | None = None
         self._users: Collection[Document] | None = None
         self._lock = threading.Lock()
+        self._lock_poll = threading.Lock()
+        self._locked = False
+        self._lock_read_until = 0.0
 
     def client(self) -> MongoClient[Document]:
         with self._lock:
@@ -658,6 +682,23 @@ class UserStore:
 
     def ping(self) -> None:
         self.client().admin.command("ping")
+
+    def restore_in_progress(self) -> bool:
+        """Whether a restore holds the lock (a document in restore_lock whose expires_at is
+        ahead), read from MongoDB at most once every LOCK_POLL_SECONDS. After a restore, the
+        unique email index is ensured again before the collection is used."""
+        now = time.monotonic()
+        if now < self._lock_read_until:
+            return self._locked
+        with self._lock_poll:
+            if now >= self._lock_read_until:
+                database = self.client()[self.settings.mongo_db]
+                lock = database[RESTORE_LOCK].find_one({"expires_at": {"$gt": datetime.now(UTC)}})
+                if self._locked and lock is None:
+                    self._users = None
+                self._locked = lock is not None
+                self._lock_read_until = now + LOCK_POLL_SECONDS
+        return self._locked
 
     # -- reads -------------------------------------------------------------------------
     def get(self, user_id: str) -> Document | None:
@@ -899,7 +940,8 @@ class UserIdConverter(routing.BaseConverter):
     regex = "(?!search$)[^/]+"
 
 
-bp = Blueprint("users", __name__)
+bp = Blueprint("users", __name__)  # /users: the users' data
+service = Blueprint("service", __name__)  # health, readiness, documentation, metrics
 PROBLEM_TYPE = "about:blank"
 AUTH_FAILURES = {13, 18}  # Unauthorized, AuthenticationFailed
 
@@ -959,12 +1001,19 @@ def page_of(query: Document, page: PageQuery) -> Response:
     )
 
 
-@bp.get("/health")
+@bp.before_request
+def refuse_during_restore() -> None:
+    if store().restore_in_progress():
+        detail = "the users are being restored from a backup; try again in a few seconds"
+        raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, detail, headers=RETRY_AFTER)
+
+
+@service.get("/health")
 def health() -> Response:
     return json_response({"status": "ok"})
 
 
-@bp.get("/ready")
+@service.get("/ready")
 def ready() -> Response:
     store().ping()
     return json_response({"status": "ok"})
@@ -1055,7 +1104,7 @@ def delete_user(user_id: str) -> Response:
     return no_content()
 
 
-@bp.get("/openapi.json")
+@service.get("/openapi.json")
 def openapi() -> Response:
     return json_response(current_app.extensions["usersapi.openapi"])
 
@@ -1100,25 +1149,25 @@ DOCS_INITIALIZER = """window.addEventListener("load", function () {
 """
 
 
-@bp.get("/")
-@bp.get("/docs/")
+@service.get("/")
+@service.get("/docs/")
 def to_docs() -> Response:
     return current_app.response_class(status=HTTPStatus.FOUND, headers={"Location": "/docs"})
 
 
-@bp.get("/docs")
+@service.get("/docs")
 def docs() -> Response:
     response = current_app.response_class(DOCS_PAGE, mimetype="text/html")
     response.headers["Content-Security-Policy"] = DOCS_CSP
     return response
 
 
-@bp.get("/docs/swagger-initializer.js")
+@service.get("/docs/swagger-initializer.js")
 def docs_initializer() -> Response:
     return current_app.response_class(DOCS_INITIALIZER, mimetype="text/javascript")
 
 
-@bp.get("/docs/<asset>")
+@service.get("/docs/<asset>")
 def docs_asset(asset: str) -> Response:
     if asset not in SWAGGER_UI_ASSETS:
         raise ApiError(HTTPStatus.NOT_FOUND, "no such documentation file")
@@ -1147,7 +1196,7 @@ def problem_response(
 
 
 def handle_api_error(exc: ApiError) -> Response:
-    return problem_response(exc.status, exc.detail, exc.errors)
+    return problem_response(exc.status, exc.detail, exc.errors, exc.headers)
 
 
 def handle_http_exception(exc: HTTPException) -> Response:
@@ -1156,12 +1205,17 @@ def handle_http_exception(exc: HTTPException) -> Response:
     return problem_response(status, exc.description or reason_phrase(status), [], allow)
 
 
-def database_unavailable() -> Response:
-    detail = "the database cannot be reached; try again shortly"
-    return problem_response(HTTPStatus.SERVICE_UNAVAILABLE, detail, [])
+def database_unavailable(
+    detail: str = "the database cannot be reached; try again shortly",
+) -> Response:
+    return problem_response(HTTPStatus.SERVICE_UNAVAILABLE, detail, [], RETRY_AFTER)
 
 
 def handle_database_error(exc: PyMongoError) -> Response:
+    if exc.timeout and not isinstance(exc, ServerSelectionTimeoutError):
+        record_database_error("timeout")
+        log.warning("MongoDB did not answer within MONGO_OP_TIMEOUT_MS: %s", type(exc).__name__)
+        return database_unavailable("the database did not answer in time; try again shortly")
     if isinstance(exc, ConnectionFailure):
         record_database_error("unreachable")
         log.warning("MongoDB unreachable: %s", type(exc).__name__)
@@ -1410,7 +1464,7 @@ def operation(
     return op
 
 
-def openapi_document(max_batch: int) -> Document:
+def openapi_document(max_batch: int, version: str) -> Document:
     _, definitions = models_json_schema(
         [(model, "serialization") for model in SCHEMA_MODELS],
         ref_template="#/components/schemas/{model}",
@@ -1433,7 +1487,7 @@ def openapi_document(max_batch: int) -> Document:
     get_one["responses"]["304"] = {"description": reason_phrase(304), "headers": ETAG}
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Users API", "version": "1.1.0"},
+        "info": {"title": "Users API", "version": version},
         "paths": {
             "/users": {
                 "post": operation(
@@ -1596,6 +1650,21 @@ def start_request() -> None:
     g.started = time.perf_counter()
 
 
+def start_database_deadline() -> None:
+    """Every MongoDB operation of this request shares one deadline, MONGO_OP_TIMEOUT_MS from
+    now (the driver's client-side operation timeout): a request never waits longer on
+    MongoDB, and a restore can count on it."""
+    deadline = pymongo.timeout(settings().mongo_op_timeout_ms / 1000)
+    deadline.__enter__()
+    g.database_deadline = deadline
+
+
+def end_database_deadline(_exc: BaseException | None) -> None:
+    deadline = g.pop("database_deadline", None)
+    if deadline is not None:
+        deadline.__exit__(None, None, None)
+
+
 def route_label() -> str:
     """The URL rule that matched (a template such as /users/<userid:user_id>, never the
     path with its ids), or a fixed label when none did."""
@@ -1720,7 +1789,7 @@ def exposition() -> bytes:
 
 # Not in the OpenAPI document: an operator's endpoint, closed at the ingress, not part of
 # the users API.
-@bp.get("/metrics")
+@service.get("/metrics")
 def prometheus_metrics() -> Response:
     return current_app.response_class(exposition(), mimetype=None, content_type=CONTENT_TYPE_LATEST)
 
@@ -1739,13 +1808,16 @@ def create_app(config: Settings | None = None) -> Flask:
     # line and metrics (after_request hooks run in reverse) see the final response.
     app.before_request(start_request)
     app.after_request(finish_request)
+    app.before_request(start_database_deadline)
+    app.teardown_request(end_database_deadline)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
     app.extensions["usersapi.settings"] = settings
     app.extensions["usersapi.store"] = UserStore(settings)
-    app.extensions["usersapi.openapi"] = openapi_document(settings.max_batch)
+    app.extensions["usersapi.openapi"] = openapi_document(settings.max_batch, settings.version)
     app.extensions["usersapi.metrics"] = Metrics.create()
     app.url_map.converters["userid"] = UserIdConverter
     app.register_blueprint(bp)
+    app.register_blueprint(service)
     app.register_error_handler(ApiError, handle_api_error)
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(PyMongoError, handle_database_error)

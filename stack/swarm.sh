@@ -14,8 +14,8 @@ set -euo pipefail
 STACK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PROJECT_DIR=$(dirname "$STACK_DIR")
 
-project_version() {  # the version in pyproject.toml, 1.0.0 if it cannot be read
-  sed -n 's/^version *= *"\([^"]*\)".*/\1/p' "$PROJECT_DIR/pyproject.toml" 2>/dev/null | head -n 1
+project_version() {  # __version__ in usersapi.py, the one place it is written
+  sed -n 's/^__version__ *= *"\([^"]*\)".*/\1/p' "$PROJECT_DIR/usersapi.py" 2>/dev/null | head -n 1
 }
 
 # --- settings ------------------------------------------------------------------------------
@@ -674,7 +674,7 @@ steps (all = nodes swarm labels secrets build push deploy verify):
 
 settings (environment variables; current value, default in brackets):
   STACK_NAME      $STACK_NAME  [semana4]
-  VERSION         $VERSION  [version in pyproject.toml]
+  VERSION         $VERSION  [__version__ in usersapi.py]
   DOCKERHUB_USER  ${DOCKERHUB_USER:-(unset)}  [none: set it, REGISTRY or API_IMAGE]
   REGISTRY        ${REGISTRY:-(unset)}  [docker.io/\$DOCKERHUB_USER]
   IMAGE_NAME      $IMAGE_NAME  [usersapi]
