@@ -1478,8 +1478,8 @@ def test_openapi_reports_the_images_version_else_the_codes() -> None:
     env = {"MONGO_URI": usersapi.IN_MEMORY_URI}
     default = create_app(Settings.from_env(env)).test_client().get("/openapi.json")
     assert json_of(default)["info"]["version"] == usersapi.__version__
-    image = Settings.from_env({**env, "USERSAPI_VERSION": "1.1.1"})
-    assert json_of(create_app(image).test_client().get("/openapi.json"))["info"]["version"] == "1.1.1"
+    image = create_app(Settings.from_env({**env, "USERSAPI_VERSION": "1.1.1"}))
+    assert json_of(image.test_client().get("/openapi.json"))["info"]["version"] == "1.1.1"
 
 
 def test_the_operation_time_limit_is_a_setting() -> None:
