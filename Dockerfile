@@ -24,13 +24,13 @@ RUN groupadd --system --gid 10001 usersapi \
 
 WORKDIR /app
 
-# Dependencies first, in their own layer: editing usersapi.py reuses it. The pip cache
+# Dependencies first, in their own layer: editing the code reuses it. The pip cache
 # lives in a BuildKit cache mount, so it speeds up rebuilds but never enters the image.
 COPY requirements.txt .
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --root-user-action=ignore -r requirements.txt
 
-COPY gunicorn.conf.py usersapi.py ./
+COPY gunicorn.conf.py usersapi.py usersapi_auth.py usersapi_docs.py usersapi_telemetry.py ./
 
 # gunicorn.conf.py reads WEB_CONCURRENCY (workers) and GUNICORN_THREADS from the
 # environment, so a deployment tunes them without a new image. The workers' metrics files

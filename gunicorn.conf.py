@@ -32,6 +32,15 @@ def env_int(name: str, default: int) -> int:
     return int(raw)
 
 
+def env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
+    """NAME, one of CHOICES in any letter case (as the app reads it)."""
+    raw = os.environ.get(name, "").strip() or default
+    for choice in choices:
+        if raw.lower() == choice.lower():
+            return choice
+    raise SystemExit(f"gunicorn.conf.py: {name} must be one of {', '.join(choices)}, got {raw!r}")
+
+
 wsgi_app = "usersapi:create_app()"
 bind = ["0.0.0.0:8000"]
 
@@ -65,20 +74,19 @@ if CREATED_METRICS_DIR:
 
 # --- Logs: the app writes one JSON line per request, so gunicorn's access log is off; its
 # error log goes to stderr through the app's formatter, in the same format.
-# usersapi is imported only now, after PROMETHEUS_MULTIPROC_DIR is set above.
-from usersapi import ConfigError, read_log_format  # noqa: E402
+# Imported only now, after PROMETHEUS_MULTIPROC_DIR is set above.
+from usersapi_telemetry import LOG_FORMATS, LOG_LEVELS  # noqa: E402
 
-try:
-    LOG_FORMAT = read_log_format(os.environ)
-except ConfigError as exc:
-    raise SystemExit(f"gunicorn.conf.py: {exc}") from None
-loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+LOG_FORMAT = env_choice("LOG_FORMAT", LOG_FORMATS, "json")
+loglevel = env_choice("LOG_LEVEL", LOG_LEVELS, "INFO").lower()
 accesslog = None
 errorlog = "-"
 logconfig_dict: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"usersapi": {"()": "usersapi.log_formatter", "log_format": LOG_FORMAT}},
+    "formatters": {
+        "usersapi": {"()": "usersapi_telemetry.log_formatter", "log_format": LOG_FORMAT},
+    },
     "handlers": {
         "stderr": {
             "class": "logging.StreamHandler",

@@ -34,6 +34,8 @@ from pymongo.errors import OperationFailure
 from werkzeug.test import TestResponse
 
 import usersapi
+import usersapi_auth
+import usersapi_telemetry as telemetry
 from usersapi import ConfigError, Settings, UserStore, create_app
 
 Json = Any
@@ -44,8 +46,30 @@ Json = Any
 # --------------------------------------------------------------------------------------
 
 
+# The tests' API keys: one that may write, one that may only read.
+WRITE_KEY, READ_KEY = usersapi_auth.new_key(), usersapi_auth.new_key()
+KEY_LINES = "\n".join(
+    [
+        usersapi_auth.key_line("writer", "write", WRITE_KEY),
+        usersapi_auth.key_line("reader", "read", READ_KEY),
+    ]
+)
+TEST_KEYS = usersapi_auth.parse_keys(KEY_LINES)
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
 def in_memory(**overrides: Any) -> Settings:
-    return Settings(mongo_uri=usersapi.IN_MEMORY_URI, **overrides)
+    return Settings(mongo_uri=usersapi.IN_MEMORY_URI, api_keys=TEST_KEYS, **overrides)
+
+
+def keyed(app: Flask, key: str = WRITE_KEY) -> FlaskClient:
+    """A client of APP that sends KEY with every request."""
+    http = app.test_client()
+    http.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+    return http
 
 
 @pytest.fixture
@@ -55,6 +79,13 @@ def app() -> Flask:
 
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
+    """A client with the write key."""
+    return keyed(app)
+
+
+@pytest.fixture
+def anonymous(app: Flask) -> FlaskClient:
+    """A client that sends no key."""
     return app.test_client()
 
 
@@ -127,7 +158,7 @@ def free_port() -> int:
 def test_settings_build_the_uri_from_host_and_port() -> None:
     settings = Settings.from_env({"MONGO_HOST": "db", "MONGO_PORT": "27018", "MONGO_USER": "app"})
     assert settings.mongo_uri == "mongodb://db:27018/"
-    assert settings.mongo_username == "app"
+    assert settings.mongo_user == "app"
     assert settings.mongo_auth_source == "admin"
     assert settings.mongo_db == "usersdb"
     assert settings.max_batch == 1000
@@ -159,7 +190,7 @@ def test_file_variants_are_read_once_without_trailing_newline(tmp_path: Path) ->
     )
     assert settings.mongo_password == "s3cret pass"
     assert settings.mongo_uri == "mongodb://u:p@db:27017/"
-    assert settings.mongo_username == "app"
+    assert settings.mongo_user == "app"
 
 
 def test_a_setting_and_its_file_variant_together_are_refused(tmp_path: Path) -> None:
@@ -207,7 +238,8 @@ def test_the_factory_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_passwords_stay_out_of_logs_and_reprs(caplog: pytest.LogCaptureFixture) -> None:
     secret = "hunter2-Secret"
-    settings = Settings.from_env({"MONGO_URI": f"mongodb://app:{secret}@db:1/"})
+    env = {"MONGO_URI": f"mongodb://app:{secret}@db:1/", "API_KEYS": KEY_LINES}
+    settings = Settings.from_env(env)
     with caplog.at_level("INFO", logger="usersapi"):
         create_app(settings)
     assert "usersapi ready" in caplog.text
@@ -564,14 +596,14 @@ def test_malformed_bodies(client: FlaskClient, data: str, content_type: str, sta
 
 
 def test_a_body_over_the_size_limit_is_413() -> None:
-    client = create_app(in_memory(max_content_length=1000)).test_client()
+    client = keyed(create_app(in_memory(max_content_length=1000)))
     response = client.post("/users", json=[a_user(n) for n in range(30)])
     assert_problem(response, 413)
     assert user_count(client) == 0
 
 
 def test_a_batch_over_max_batch_is_413() -> None:
-    client = create_app(in_memory(max_batch=3)).test_client()
+    client = keyed(create_app(in_memory(max_batch=3)))
     assert_problem(client.post("/users", json=[a_user(n) for n in range(4)]), 413)
     assert_problem(client.patch("/users", json=[{"id": "x", "name": "y"}] * 4), 413)
     create(client, [a_user(n) for n in range(3)])
@@ -591,22 +623,31 @@ def test_the_unique_index_catches_a_race_and_undoes_the_batch(
     assert store_of(app).users().count_documents({}) == 1
 
 
-def test_concurrent_creates_with_one_email_give_one_201_and_one_409(app: Flask) -> None:
-    barrier = threading.Barrier(2)
-    statuses: list[int] = []
+def all_read_before_any_write(monkeypatch: pytest.MonkeyPatch, read: str, racers: int) -> None:
+    """Make a race deterministic: each racer's first call of UserStore.READ (the check
+    before its write) waits until every racer has made it. So every racer checks before any
+    writes, and only the database's own rule can stop all but one."""
+    barrier = threading.Barrier(racers, timeout=10)
+    original = getattr(UserStore, read)
+    waited = threading.local()
 
-    def post(n: int) -> None:
-        client = app.test_client()
-        barrier.wait()
-        statuses.append(client.post("/users", json=a_user(n, email="race@x.io")).status_code)
+    def read_then_wait(self: UserStore, *args: Any) -> Any:
+        result = original(self, *args)
+        if not getattr(waited, "done", False):
+            waited.done = True
+            barrier.wait()
+        return result
 
-    threads = [threading.Thread(target=post, args=(n,)) for n in (1, 2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert sorted(statuses) == [201, 409]
-    assert user_count(app.test_client()) == 1
+    monkeypatch.setattr(UserStore, read, read_then_wait)
+
+
+def test_concurrent_creates_with_one_email_give_one_201_and_one_409(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    all_read_before_any_write(monkeypatch, "owners_of", 2)  # both find the email free
+    statuses = race(2, lambda racer: racer.post("/users", json=a_user(1, email="race@x.io")), app)
+    assert sorted(statuses) == [201, 409]  # the unique index stopped the second
+    assert user_count(keyed(app)) == 1
 
 
 # --------------------------------------------------------------------------------------
@@ -882,7 +923,7 @@ def test_delete(client: FlaskClient) -> None:
 
 
 def test_problem_titles_are_rfc_9110_reason_phrases() -> None:
-    client = create_app(in_memory(max_batch=1)).test_client()
+    client = keyed(create_app(in_memory(max_batch=1)))
     too_many = client.post("/users", json=[a_user(1), a_user(2)])
     assert_problem(too_many, 413)
     assert too_many.json is not None
@@ -1167,7 +1208,7 @@ def race(count: int, request: Callable[[FlaskClient], TestResponse], app: Flask)
     statuses: list[int] = []
 
     def run() -> None:
-        client = app.test_client()
+        client = keyed(app)
         barrier.wait()
         statuses.append(request(client).status_code)
 
@@ -1180,9 +1221,10 @@ def race(count: int, request: Callable[[FlaskClient], TestResponse], app: Flask)
 
 
 def test_of_24_concurrent_patches_with_one_if_match_exactly_one_wins(
-    app: Flask, client: FlaskClient
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     user = create(client, a_user(1))
+    all_read_before_any_write(monkeypatch, "find_many", 24)  # all 24 find version 1
     path = f"/users/{user['id']}"
     counter = iter(range(24))
 
@@ -1292,9 +1334,13 @@ def test_a_batch_that_keeps_losing_races_gives_up_with_409(
 def unreachable_db() -> FlaskClient:
     uri = f"mongodb://127.0.0.1:{free_port()}/"
     settings = Settings(
-        mongo_uri=uri, mongo_timeout_ms=300, mongo_op_timeout_ms=300, mongo_password="pw-not-shown"
+        mongo_uri=uri,
+        mongo_timeout_ms=300,
+        mongo_op_timeout_ms=300,
+        mongo_password="pw-not-shown",
+        api_keys=TEST_KEYS,
     )
-    return create_app(settings).test_client()
+    return keyed(create_app(settings))
 
 
 @pytest.mark.parametrize(
@@ -1427,8 +1473,9 @@ def stalling_db() -> Iterator[tuple[FlaskClient, StallingMongo]]:
     settings = Settings(
         mongo_uri=f"mongodb://127.0.0.1:{server.port}/?directConnection=true",
         mongo_op_timeout_ms=400,
+        api_keys=TEST_KEYS,
     )
-    yield create_app(settings).test_client(), server
+    yield keyed(create_app(settings)), server
     server.close()
 
 
@@ -1595,6 +1642,7 @@ def test_one_proxy_hop_is_trusted(app: Flask) -> None:
 # --------------------------------------------------------------------------------------
 
 ACCESS_LINE_FIELDS = {
+    "key",
     "time",
     "level",
     "logger",
@@ -1613,7 +1661,7 @@ ACCESS_LINE_FIELDS = {
 def json_logs(caplog: pytest.LogCaptureFixture) -> Callable[[], list[Json]]:
     """Everything logged from here on at INFO and above, as the app's JSON lines."""
     caplog.set_level("INFO")
-    caplog.handler.setFormatter(usersapi.JsonFormatter())
+    caplog.handler.setFormatter(telemetry.JsonFormatter())
 
     def lines() -> list[Json]:
         return [json.loads(line) for line in caplog.text.splitlines()]
@@ -1718,26 +1766,32 @@ def test_an_unexpected_error_logs_its_traceback_under_the_request_id(
 
 
 def test_no_secret_reaches_any_log_line(json_logs: Callable[[], list[Json]]) -> None:
-    password, token = "Pa55-in-the-URI", "Bearer tok-3f9a7c"
+    password, cookie = "Pa55-in-the-URI", "session-3f9a7c"
     uri = f"mongodb://app:{password}@127.0.0.1:{free_port()}/"
-    client = create_app(Settings.from_env({"MONGO_URI": uri, "MONGO_OP_TIMEOUT_MS": "300"}))
-    http = client.test_client()
-    headers = {"Authorization": token, "Cookie": f"session={token}"}
+    env = {"MONGO_URI": uri, "MONGO_OP_TIMEOUT_MS": "300", "API_KEYS": KEY_LINES}
+    http = create_app(Settings.from_env(env)).test_client()
+    headers = {**bearer(WRITE_KEY), "Cookie": f"session={cookie}"}
     assert_problem(http.get("/users", headers=headers), 503)
+    assert_problem(http.post("/users", json=a_user(1), headers=bearer(READ_KEY)), 403)
+    assert_problem(http.get("/users", headers=bearer(WRITE_KEY[:-1])), 401)
     assert http.get("/health", headers=headers).status_code == 200
     lines = json_logs()
     assert {line["level"] for line in lines} >= {"INFO", "WARNING"}
     logged = json.dumps(lines)
     assert "app:***@127.0.0.1" in logged  # the URI is logged, its password is not
     assert password not in logged
-    assert "tok-3f9a7c" not in logged
+    assert cookie not in logged
+    for key in (WRITE_KEY, READ_KEY):  # neither a key, nor any part of one, nor its digest
+        assert key[len(usersapi_auth.KEY_PREFIX) :][:12] not in logged
+        assert usersapi_auth.digest_of(key).hex() not in logged
+    assert [line["key"] for line in access_lines(lines)] == ["writer", "reader", None, None]
 
 
 def test_text_logs_for_the_development_server(caplog: pytest.LogCaptureFixture) -> None:
     assert Settings.from_env({"MONGO_URI": "mongomock://"}).log_format == "json"
     settings = Settings.from_env({"MONGO_URI": "mongomock://", "LOG_FORMAT": "text"})
     caplog.set_level("INFO")
-    caplog.handler.setFormatter(usersapi.log_formatter(settings.log_format))
+    caplog.handler.setFormatter(telemetry.log_formatter(settings.log_format))
     create_app(settings).test_client().get("/health", headers={"X-Request-ID": "txt-1"})
     assert re.search(r" INFO usersapi.access \[txt-1\] GET /health 200 [0-9.]+ ms$", caplog.text)
     with pytest.raises(ConfigError, match="LOG_FORMAT must be one of json, text"):
@@ -1754,7 +1808,7 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 def test_metrics_count_requests_by_route_template_and_status(app: Flask) -> None:
-    client = app.test_client()
+    client = keyed(app)
     users = create(client, [a_user(1), a_user(2), a_user(3)])
     for user in users:
         client.get(f"/users/{user['id']}")
@@ -1946,12 +2000,19 @@ def test_a_1000_user_batch_takes_a_constant_number_of_round_trips(
 fuzz_app = create_app(in_memory(max_batch=20))
 FUZZ_CHECKS = {
     # Invalid input is refused with these statuses (413: a batch over MAX_BATCH).
-    "negative_data_rejection": {"expected-statuses": ["400", "404", "405", "413", "415", "422"]},
+    # 401: a request without its key (schemathesis drops the Authorization header too).
+    "negative_data_rejection": {
+        "expected-statuses": ["400", "401", "404", "405", "413", "415", "422"]
+    },
     # JSON Schema's "email" format is wider than the API's rule: addresses at reserved
     # domains such as .test or .invalid match the format and are refused with a 422.
     "positive_data_acceptance": {"enabled": False},
 }
-fuzz_config = schemathesis.config.SchemathesisConfig.from_dict({"checks": FUZZ_CHECKS})
+# The write key for every operation, as the document's security scheme says to send it.
+FUZZ_AUTH = {"openapi": {"bearerAuth": {"bearer": WRITE_KEY}}}
+fuzz_config = schemathesis.config.SchemathesisConfig.from_dict(
+    {"checks": FUZZ_CHECKS, "auth": FUZZ_AUTH}
+)
 schema = schemathesis.openapi.from_wsgi("/openapi.json", fuzz_app, config=fuzz_config)
 
 

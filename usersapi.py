@@ -1,10 +1,12 @@
 """Users API: a Flask + MongoDB (pymongo) service for creating, reading, searching,
-editing and deleting users.
+editing and deleting users, each request authorised by an API key.
 
-The module reads top to bottom: configuration, models and validation, data access,
-routes, request ids and logging, metrics and the app factory. Production runs
-``gunicorn`` with the settings of gunicorn.conf.py (``usersapi:create_app()``);
-``python usersapi.py`` starts a development server on port 8000.
+The module reads top to bottom: configuration, models and validation, data access, the
+batch use cases, routes, errors and the app factory. Its siblings hold what every route
+shares: usersapi_auth (API keys), usersapi_telemetry (request ids, logs, metrics) and
+usersapi_docs (the OpenAPI document and /docs); ``create_app()`` wires them in. Production
+runs ``gunicorn`` with gunicorn.conf.py (``usersapi:create_app()``); ``python usersapi.py``
+starts a development server on port 8000.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from http import HTTPStatus
-from importlib.resources import files
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, TypeVar
@@ -30,37 +31,29 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pymongo
 from bson import ObjectId
-from flask import (
-    Blueprint,
-    Flask,
-    Response,
-    current_app,
-    g,
-    has_request_context,
-    request,
-    send_from_directory,
-)
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-    multiprocess,
-)
+from flask import Blueprint, Flask, Response, current_app, g, request
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     EmailStr,
     Field,
+    PositiveInt,
     StringConstraints,
     ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic.json_schema import SkipJsonSchema, models_json_schema
+from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import ErrorDetails
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings.sources.utils import parse_env_vars
 from pymongo import ASCENDING, MongoClient, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import (
@@ -75,6 +68,10 @@ from werkzeug.datastructures import ETags
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+import usersapi_auth as auth
+import usersapi_docs as docs
+import usersapi_telemetry as telemetry
+
 __version__ = "2.0.0"
 
 log = logging.getLogger("usersapi")
@@ -84,57 +81,42 @@ log = logging.getLogger("usersapi")
 # --------------------------------------------------------------------------------------
 
 IN_MEMORY_URI = "mongomock://"
-MONGO_SETTINGS = (
-    "MONGO_URI",
-    "MONGO_HOST",
-    "MONGO_PORT",
-    "MONGO_USER",
-    "MONGO_PASSWORD",
-    "MONGO_AUTH_SOURCE",
-)
-LOG_FORMATS = ("json", "text")
+MONGO_SETTINGS = ("mongo_uri", "mongo_host", "mongo_port", "mongo_user", "mongo_password")
+# Secrets: each may come as NAME_FILE, a file holding the value (as Docker secrets arrive).
+SECRET_SETTINGS = ("MONGO_URI", "MONGO_USER", "MONGO_PASSWORD", "API_KEYS")
 
 
 class ConfigError(RuntimeError):
     """The environment does not describe a usable configuration."""
 
 
-def read_setting(env: Mapping[str, str], name: str) -> str | None:
-    """Value of NAME, or the content of the file named by NAME_FILE (Docker secrets)."""
-    value, path = env.get(name), env.get(f"{name}_FILE")
-    if value is not None and path is not None:
-        raise ConfigError(f"set {name} or {name}_FILE, not both")
-    if path is None:
-        return value
-    try:
-        return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError as exc:
-        raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
+def with_secret_files(env: Mapping[str, str]) -> dict[str, str]:
+    """ENV with each NAME_FILE of a secret replaced by NAME, the file's content without its
+    trailing newline."""
+    values = dict(env)
+    for name in SECRET_SETTINGS:
+        path = values.pop(f"{name}_FILE", None)
+        if path is None:
+            continue
+        if name in values:
+            raise ConfigError(f"set {name} or {name}_FILE, not both")
+        try:
+            values[name] = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError(f"{name}_FILE: cannot read {path}: {reason}") from None
+    return values
 
 
-def read_int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
-    return value
+class Environment(EnvSettingsSource):
+    """pydantic-settings' environment source, over a given mapping and with NAME_FILE."""
 
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        self.env = with_secret_files(env)
+        super().__init__(settings_cls, case_sensitive=False, env_ignore_empty=True)
 
-def read_log_format(env: Mapping[str, str]) -> str:
-    """LOG_FORMAT, json or text (json when unset); gunicorn.conf.py reads it here too."""
-    value = env.get("LOG_FORMAT", "json").strip().lower() or "json"
-    if value not in LOG_FORMATS:
-        raise ConfigError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, got {value!r}")
-    return value
-
-
-def has_mongo_settings(env: Mapping[str, str]) -> bool:
-    return any(name in env or f"{name}_FILE" in env for name in MONGO_SETTINGS)
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(self.env, case_sensitive=False, ignore_empty=True)
 
 
 def redact_uri(uri: str) -> str:
@@ -146,60 +128,104 @@ def redact_uri(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything the service reads from its environment."""
+def setting_error(error: ErrorDetails) -> str:
+    """One refused setting in words, named as in the environment. The value is repeated
+    only for settings that are not secrets."""
+    name = str(error["loc"][0]).upper() if error["loc"] else "the settings"
+    ctx = error.get("ctx", {})
+    got = "" if name in SECRET_SETTINGS else f", got {error['input']!r}"
+    match error["type"]:
+        case "int_parsing" | "int_type":
+            return f"{name} must be a whole number{got}"
+        case "greater_than" | "greater_than_equal":
+            least = ctx["gt"] + 1 if "gt" in ctx else ctx["ge"]
+            return f"{name} must be at least {least}{got}"
+        case "less_than_equal":
+            return f"{name} must be at most {ctx['le']}{got}"
+        case "literal_error":
+            expected = ctx["expected"].replace("'", "").replace(" or ", ", ")
+            return f"{name} must be one of {expected}{got}"
+        case _:
+            return f"{name}: {error['msg'].removeprefix('Value error, ')}"
 
-    mongo_uri: str = field(repr=False)
-    mongo_username: str | None = None
-    mongo_password: str | None = field(default=None, repr=False)
+
+class Settings(BaseSettings):
+    """Everything the service reads from its environment: each field from the variable of
+    its name in upper case (MONGO_URI...). ``Settings.from_env()`` reads them; tests give
+    fields directly."""
+
+    # Only what from_env() passes in: nothing is read from the process behind a test's back.
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    mongo_uri: str = Field(default="", repr=False)  # may hold a password
+    mongo_host: str = "localhost"
+    mongo_port: int = Field(default=27017, ge=1, le=65535)
+    mongo_user: str | None = None
+    mongo_password: str | None = Field(default=None, repr=False)
     mongo_auth_source: str = "admin"
     mongo_db: str = "usersdb"
-    mongo_timeout_ms: int = 5000
-    mongo_op_timeout_ms: int = 5000
-    mongo_pool_size: int = 10
-    max_batch: int = 1000
-    max_content_length: int = 1024 * 1024
-    log_level: str = "INFO"
-    log_format: str = "json"
-    version: str = __version__
+    mongo_timeout_ms: PositiveInt = 5000
+    mongo_op_timeout_ms: PositiveInt = 5000
+    mongo_pool_size: PositiveInt = 10
+    max_batch: PositiveInt = 1000
+    max_content_length: PositiveInt = 1024 * 1024
+    log_level: telemetry.LogLevel = "INFO"
+    log_format: telemetry.LogFormat = "json"
+    # The key file's text (NoDecode: not JSON), parsed into keys by parse_key_file.
+    api_keys: Annotated[tuple[auth.ApiKey, ...], NoDecode] = Field(default=(), repr=False)
+    # The image sets it from its build argument, so /openapi.json names the image.
+    usersapi_version: str = __version__
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],  # noqa: ARG003 - the signature pydantic calls
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,  # noqa: ARG003
+        dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003
+        file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
-        env = os.environ if env is None else env
-        if not has_mongo_settings(env):
+        """The settings of ENV (the process's environment by default); ConfigError says
+        what is wrong."""
+        values = Environment(cls, os.environ if env is None else env)()
+        if not any(name in values for name in MONGO_SETTINGS):
             raise ConfigError(
                 "no MongoDB configuration: set MONGO_URI (or MONGO_URI_FILE), or MONGO_HOST "
                 "with MONGO_USER and MONGO_PASSWORD (or MONGO_PASSWORD_FILE); "
                 f"MONGO_URI={IN_MEMORY_URI} selects an in-memory store"
             )
-        uri = read_setting(env, "MONGO_URI")
-        if uri is None:
-            host = env.get("MONGO_HOST", "localhost")
-            port = read_int(env, "MONGO_PORT", 27017)
-            uri = f"mongodb://{host}:{port}/"
-        if not uri.startswith(("mongodb://", "mongodb+srv://", IN_MEMORY_URI)):
-            raise ConfigError(
-                "MONGO_URI must start with mongodb://, mongodb+srv:// or mongomock://"
-            )
-        if uri.startswith(IN_MEMORY_URI) and find_spec("mongomock") is None:
-            raise ConfigError(f"MONGO_URI={IN_MEMORY_URI} needs the mongomock package installed")
-        return cls(
-            mongo_uri=uri,
-            mongo_username=read_setting(env, "MONGO_USER") or None,
-            mongo_password=read_setting(env, "MONGO_PASSWORD") or None,
-            mongo_auth_source=env.get("MONGO_AUTH_SOURCE", "admin"),
-            mongo_db=env.get("MONGO_DB", "usersdb"),
-            mongo_timeout_ms=read_int(env, "MONGO_TIMEOUT_MS", 5000),
-            mongo_op_timeout_ms=read_int(env, "MONGO_OP_TIMEOUT_MS", 5000),
-            mongo_pool_size=read_int(env, "MONGO_POOL_SIZE", 10),
-            max_batch=read_int(env, "MAX_BATCH", 1000),
-            max_content_length=read_int(env, "MAX_CONTENT_LENGTH", 1024 * 1024),
-            log_level=env.get("LOG_LEVEL", "INFO").upper(),
-            log_format=read_log_format(env),
-            # The image sets it from its build argument, so /openapi.json names the image.
-            version=env.get("USERSAPI_VERSION") or __version__,
-        )
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise ConfigError("; ".join(map(setting_error, exc.errors()))) from None
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def any_letter_case(cls, value: object, info: Any) -> object:
+        if not isinstance(value, str):
+            return value
+        value = value.strip()
+        return value.upper() if info.field_name == "log_level" else value.lower()
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def parse_key_file(cls, value: object) -> object:
+        return auth.parse_keys(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def usable_uri(self) -> Self:
+        if not self.mongo_uri:
+            uri = f"mongodb://{self.mongo_host}:{self.mongo_port}/"
+            object.__setattr__(self, "mongo_uri", uri)  # frozen: set once, while validated
+        if not self.mongo_uri.startswith(("mongodb://", "mongodb+srv://", IN_MEMORY_URI)):
+            raise ValueError("MONGO_URI must start with mongodb://, mongodb+srv:// or mongomock://")
+        if self.in_memory and find_spec("mongomock") is None:
+            raise ValueError(f"MONGO_URI={IN_MEMORY_URI} needs the mongomock package installed")
+        return self
 
     @property
     def in_memory(self) -> bool:
@@ -208,16 +234,29 @@ class Settings:
     def describe(self) -> str:
         """A one-line summary for the logs, without secrets."""
         store = "in-memory store (mongomock)" if self.in_memory else redact_uri(self.mongo_uri)
-        user = f" as {self.mongo_username}" if self.mongo_username else ""
-        return f"MongoDB {store}{user}, database {self.mongo_db}"
+        user = f" as {self.mongo_user}" if self.mongo_user else ""
+        keys = f"{len(self.api_keys)} API keys ({', '.join(k.name for k in self.api_keys)})"
+        return f"MongoDB {store}{user}, database {self.mongo_db}; {keys}"
 
 
 # --------------------------------------------------------------------------------------
 # Models and validation
 # --------------------------------------------------------------------------------------
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
-Username = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{3,30}$")]
+# The field limits, written once: the models and the messages below both use them.
+NAME_LENGTH = (1, 100)
+USERNAME_LENGTH = (3, 30)
+QUERY_LENGTH = (1, 200)
+PAGE_LIMIT = (1, 500)
+MAX_OFFSET = 2**31 - 1
+
+Name = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=NAME_LENGTH[0], max_length=NAME_LENGTH[1]),
+]
+Username = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{%d,%d}$" % USERNAME_LENGTH)  # noqa: UP031
+]
 Email = Annotated[EmailStr, AfterValidator(str.lower)]  # stored and compared lower-cased
 ObjectIdStr = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{24}$")]
 Version = Annotated[int, Field(strict=True, ge=1)]  # 1 on create, +1 on every change
@@ -300,17 +339,19 @@ class PageQuery(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    limit: int = Field(default=50, ge=1, le=500, description="How many users a page holds.")
+    limit: int = Field(
+        default=50, ge=PAGE_LIMIT[0], le=PAGE_LIMIT[1], description="How many users a page holds."
+    )
     offset: int = Field(
-        default=0, ge=0, le=2**31 - 1, description="How many users to skip, in creation order."
+        default=0, ge=0, le=MAX_OFFSET, description="How many users to skip, in creation order."
     )
 
 
 class SearchQuery(PageQuery):
     # Some non-blank text; NUL cannot travel in a BSON regular expression.
     q: str = Field(
-        min_length=1,
-        max_length=200,
+        min_length=QUERY_LENGTH[0],
+        max_length=QUERY_LENGTH[1],
         pattern=r"^[^\x00]*[^\x00\s][^\x00]*$",
         description="Text that the name, email or username contains, in any letter case; "
         "taken literally (not a pattern).",
@@ -318,40 +359,13 @@ class SearchQuery(PageQuery):
 
 
 # RFC 9110's reason phrases, the titles of problem documents. (Python's HTTPStatus gives the
-# older names of 413 and 422 before 3.13.) 428, 429 and 431 are RFC 6585's.
+# older names of 413, 414, 416 and 422 before 3.13.)
 REASON_PHRASES = {
-    200: "OK",
-    201: "Created",
-    204: "No Content",
-    304: "Not Modified",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    406: "Not Acceptable",
-    408: "Request Timeout",
-    409: "Conflict",
-    410: "Gone",
-    411: "Length Required",
-    412: "Precondition Failed",
+    **{status.value: status.phrase for status in HTTPStatus},
     413: "Content Too Large",
     414: "URI Too Long",
-    415: "Unsupported Media Type",
     416: "Range Not Satisfiable",
-    417: "Expectation Failed",
-    421: "Misdirected Request",
     422: "Unprocessable Content",
-    426: "Upgrade Required",
-    428: "Precondition Required",
-    429: "Too Many Requests",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    501: "Not Implemented",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-    505: "HTTP Version Not Supported",
 }
 
 
@@ -400,16 +414,20 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
+def span(limits: tuple[int, int]) -> str:
+    return f"{limits[0]} to {limits[1]}"
+
+
 # What each field takes, in words: the message when a value breaks the field's rule.
 FIELD_RULES = {
-    "name": "use 1 to 100 characters, not only spaces",
+    "name": f"use {span(NAME_LENGTH)} characters, not only spaces",
     "email": "use an email address, such as ada@example.com",
-    "username": "use 3 to 30 letters, digits, '.', '_' or '-'",
+    "username": f"use {span(USERNAME_LENGTH)} letters, digits, '.', '_' or '-'",
     "id": "use the user's id, a string",
     "version": "use the user's version, a whole number from 1 up",
-    "q": "use 1 to 200 characters, not only spaces",
-    "limit": "use a whole number from 1 to 500",
-    "offset": "use a whole number from 0 to 2147483647",
+    "q": f"use {span(QUERY_LENGTH)} characters, not only spaces",
+    "limit": f"use a whole number from {span(PAGE_LIMIT)}",
+    "offset": f"use a whole number from 0 to {MAX_OFFSET}",
 }
 
 
@@ -462,14 +480,18 @@ def read_json_body() -> object:
         raise ApiError(HTTPStatus.BAD_REQUEST, "the body is not valid JSON") from None
 
 
+BATCH_OPERATIONS = {"POST": "create", "PATCH": "edit"}
+
+
 def read_batch(max_batch: int) -> tuple[list[object], bool]:
     """The body as a list of items, and whether it came as a single object."""
     body = read_json_body()
+    operation = BATCH_OPERATIONS[request.method]
     if isinstance(body, dict):
-        record_batch_size(1)
+        telemetry.record_batch_size(operation, 1)
         return [body], True
     if isinstance(body, list) and body:
-        record_batch_size(len(body))
+        telemetry.record_batch_size(operation, len(body))
         if len(body) > max_batch:
             raise ApiError(
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
@@ -549,6 +571,12 @@ def reject_batch(errors: BatchErrors) -> None:
 
 Document = dict[str, Any]
 DUPLICATE_KEY = 11000
+EDITABLE_FIELDS = ("name", "email", "username", "updated_at")
+# A restore (stack/swarm.sh restore) holds this collection's lock while it replaces the users;
+# meanwhile every /users request answers 503. Read at most once a second per worker.
+RESTORE_LOCK = "restore_lock"
+LOCK_POLL_SECONDS = 1.0
+RETRY_AFTER = {"Retry-After": "5"}
 
 
 def now() -> datetime:
@@ -561,12 +589,10 @@ def to_object_id(user_id: str) -> ObjectId | None:
     return ObjectId(user_id) if ObjectId.is_valid(user_id) else None
 
 
-EDITABLE_FIELDS = ("name", "email", "username", "updated_at")
-# A restore (stack/swarm.sh restore) holds this collection's lock while it replaces the users;
-# meanwhile every /users request answers 503. Read at most once a second per worker.
-RESTORE_LOCK = "restore_lock"
-LOCK_POLL_SECONDS = 1.0
-RETRY_AFTER = {"Retry-After": "5"}
+def same_id(user_id: str) -> str:
+    """The id as MongoDB compares it: an ObjectId's hex digits in any letter case are one."""
+    oid = to_object_id(user_id)
+    return user_id if oid is None else str(oid)
 
 
 def version_of(doc: Document) -> int:
@@ -631,9 +657,9 @@ def make_client(settings: Settings) -> MongoClient[Document]:
         return client
     # Credentials from MONGO_USER and MONGO_PASSWORD; otherwise those in MONGO_URI, if any.
     credentials: dict[str, Any] = {}
-    if settings.mongo_username is not None:
+    if settings.mongo_user is not None:
         credentials = {
-            "username": settings.mongo_username,
+            "username": settings.mongo_user,
             "password": settings.mongo_password,
             "authSource": settings.mongo_auth_source,
         }
@@ -687,17 +713,17 @@ class UserStore:
         """Whether a restore holds the lock (a document in restore_lock whose expires_at is
         ahead), read from MongoDB at most once every LOCK_POLL_SECONDS. After a restore, the
         unique email index is ensured again before the collection is used."""
-        now = time.monotonic()
-        if now < self._lock_read_until:
+        moment = time.monotonic()
+        if moment < self._lock_read_until:
             return self._locked
         with self._lock_poll:
-            if now >= self._lock_read_until:
+            if moment >= self._lock_read_until:
                 database = self.client()[self.settings.mongo_db]
                 lock = database[RESTORE_LOCK].find_one({"expires_at": {"$gt": datetime.now(UTC)}})
                 if self._locked and lock is None:
                     self._users = None
                 self._locked = lock is not None
-                self._lock_read_until = now + LOCK_POLL_SECONDS
+                self._lock_read_until = moment + LOCK_POLL_SECONDS
         return self._locked
 
     # -- reads -------------------------------------------------------------------------
@@ -877,7 +903,7 @@ def edit_users_once(
     store: UserStore, items: list[object], if_match: frozenset[int] | None
 ) -> list[User]:
     edits, invalid = validate_items(UserEdit, items)
-    invalid += repeated({index: edit.id for index, edit in edits.items()}, "id")
+    invalid += repeated({index: same_id(edit.id) for index, edit in edits.items()}, "id")
     ids = {index: to_object_id(edit.id) for index, edit in edits.items()}
     existing = store.find_many(oid for oid in ids.values() if oid is not None)
     found = {index: oid for index, oid in ids.items() if oid is not None and oid in existing}
@@ -940,10 +966,25 @@ class UserIdConverter(routing.BaseConverter):
     regex = "(?!search$)[^/]+"
 
 
-bp = Blueprint("users", __name__)  # /users: the users' data
-service = Blueprint("service", __name__)  # health, readiness, documentation, metrics
+bp = Blueprint("users", __name__)  # /users: the users' data, behind API keys
+service = Blueprint("service", __name__)  # open: health and readiness
 PROBLEM_TYPE = "about:blank"
 AUTH_FAILURES = {13, 18}  # Unauthorized, AuthenticationFailed
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+REALM = 'Bearer realm="usersapi"'
+REFUSALS = {
+    "missing": (HTTPStatus.UNAUTHORIZED, "send an API key: Authorization: Bearer KEY", REALM),
+    "invalid": (
+        HTTPStatus.UNAUTHORIZED,
+        "the API key is not valid",
+        f'{REALM}, error="invalid_token"',
+    ),
+    "insufficient_scope": (
+        HTTPStatus.FORBIDDEN,
+        "this API key may only read: writing needs a key with the write scope",
+        f'{REALM}, error="insufficient_scope", scope="write"',
+    ),
+}
 
 
 def store() -> UserStore:
@@ -954,6 +995,38 @@ def store() -> UserStore:
 def settings() -> Settings:
     app_settings: Settings = current_app.extensions["usersapi.settings"]
     return app_settings
+
+
+@bp.before_request
+def require_a_key() -> None:
+    """The first thing that happens to a /users request: nothing is parsed or asked of
+    MongoDB for a caller without a key that allows the method."""
+    outcome = auth.check(
+        request.headers.get("Authorization"),
+        settings().api_keys,
+        write=request.method in WRITE_METHODS,
+    )
+    g.api_key_name = outcome.key.name if outcome.key else None
+    if outcome.refusal is None:
+        return
+    status, detail, challenge = REFUSALS[outcome.refusal]
+    telemetry.record_refusal(outcome.refusal)
+    reason = outcome.refusal.replace("_", " ")
+    log.warning("refused %s %s: %s key", request.method, request.path, reason)
+    raise ApiError(status, detail, headers={"WWW-Authenticate": challenge})
+
+
+@bp.before_request
+def refuse_during_restore() -> None:
+    if store().restore_in_progress():
+        detail = "the users are being restored from a backup; try again in a few seconds"
+        raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, detail, headers=RETRY_AFTER)
+
+
+@bp.after_request
+def never_cached(response: Response) -> Response:
+    response.headers["Cache-Control"] = "no-store"  # personal data
+    return response
 
 
 def json_response(payload: object, status: int = HTTPStatus.OK) -> Response:
@@ -1001,24 +1074,6 @@ def page_of(query: Document, page: PageQuery) -> Response:
     )
 
 
-@bp.before_request
-def refuse_during_restore() -> None:
-    if store().restore_in_progress():
-        detail = "the users are being restored from a backup; try again in a few seconds"
-        raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, detail, headers=RETRY_AFTER)
-
-
-@service.get("/health")
-def health() -> Response:
-    return json_response({"status": "ok"})
-
-
-@service.get("/ready")
-def ready() -> Response:
-    store().ping()
-    return json_response({"status": "ok"})
-
-
 def write(
     action: Callable[[UserStore, list[object]], list[User]], items: list[object], *, single: bool
 ) -> list[User]:
@@ -1032,7 +1087,184 @@ def write(
         raise
 
 
+# --- What the documentation says of each route (usersapi_docs builds /openapi.json) -------
+
+READ, WRITE = [{"bearerAuth": ["read"]}], [{"bearerAuth": ["write"]}]
+ADA = {"name": "Ada Lovelace", "email": "ada@example.com", "username": "ada"}
+TURING = {"name": "Alan Turing", "email": "alan@example.com", "username": "alan"}
+HOPPER = {"name": "Grace Hopper", "email": "grace@example.com", "username": "grace"}
+ADA_ID, TURING_ID = "665f1c2e8b3e4a1f2c3d4e5f", "665f1c2e8b3e4a1f2c3d4e60"
+BATCH_RULES = docs.Text(
+    "Send one object, or an array of 1 to {max_batch} of them (the answer has the same shape, "
+    "in input order). A batch is checked as a whole before anything is written: if any item "
+    "is invalid (422), names an unknown user (404) or an email that is taken or repeated in "
+    "the batch (409), nothing is written and every problem is listed, with its item's index. "
+    "Emails are unique, compared lower-cased."
+)
+
+
+def problem(status: int, detail: str | docs.Text, *errors: tuple[int | None, str, str]) -> Any:
+    """An example problem document, as the API answers it."""
+    items = [{"index": index, "field": name, "message": msg} for index, name, msg in errors]
+    title = reason_phrase(status)
+    return {
+        "type": PROBLEM_TYPE,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "errors": items,
+    }
+
+
+def example(summary: str, value: object) -> tuple[str, object]:
+    return summary, value
+
+
+ERRORS: dict[int, dict[str, tuple[str, object]]] = {
+    400: {
+        "body": example("A body that is not JSON", problem(400, "the body is not valid JSON")),
+        "query": example(
+            "A query parameter out of range",
+            problem(400, "invalid query parameters", (None, "limit", FIELD_RULES["limit"])),
+        ),
+    },
+    401: {
+        "missing": example("No key", problem(401, REFUSALS["missing"][1])),
+        "invalid": example("A key that is not valid", problem(401, REFUSALS["invalid"][1])),
+    },
+    403: {"read": example("A read key", problem(403, REFUSALS["insufficient_scope"][1]))},
+    404: {
+        "one": example(
+            "One user",
+            problem(404, "the user does not exist", (None, "id", f"no user has id {ADA_ID}")),
+        ),
+        "batch": example(
+            "A batch",
+            problem(404, "some users do not exist", (1, "id", f"no user has id {TURING_ID}")),
+        ),
+    },
+    405: {
+        "method": example(
+            "A method the path does not take",
+            problem(405, "The method is not allowed for the requested URL."),
+        )
+    },
+    409: {
+        "one": example(
+            "One user",
+            problem(
+                409,
+                "some emails are already in use",
+                (None, "email", "email ada@example.com is already taken"),
+            ),
+        ),
+        "batch": example(
+            "A batch",
+            problem(
+                409,
+                "an email is repeated in the batch",
+                (1, "email", "email alan@example.com is repeated in the batch (item 0)"),
+            ),
+        ),
+    },
+    413: {
+        "batch": example(
+            "A batch too large",
+            problem(413, docs.Text("a batch holds at most {max_batch} users, got {too_many}")),
+        )
+    },
+    415: {
+        "type": example(
+            "A body not declared as JSON", problem(415, "send the body as application/json")
+        )
+    },
+    422: {
+        "one": example(
+            "One user",
+            problem(
+                422,
+                "some users are invalid",
+                (
+                    None,
+                    "email",
+                    "value is not a valid email address: An email address must have an @-sign.",
+                ),
+            ),
+        ),
+        "batch": example(
+            "A batch",
+            problem(
+                422,
+                "some users are invalid",
+                (0, "name", "required"),
+                (1, "username", FIELD_RULES["username"]),
+            ),
+        ),
+    },
+    503: {
+        "database": example(
+            "MongoDB cannot be reached",
+            problem(503, "the database cannot be reached; try again shortly"),
+        )
+    },
+}
+ETAG = {
+    "ETag": {
+        "description": 'the user\'s version as a strong entity tag, such as "3"',
+        "schema": {"type": "string"},
+    }
+}
+SINGLE_ETAG = {"ETag": {**ETAG["ETag"], "description": "when one user was sent: its ETag"}}
+IF_MATCH = docs.header_parameter(
+    "If-Match", 'apply only while the user\'s ETag is one of these (or "*"); else 412'
+)
+IF_NONE_MATCH = docs.header_parameter(
+    "If-None-Match", "answer 304 without a body while the user's ETag is one of these"
+)
+# Any other id is answered 404, like an id no user has.
+USER_ID = {
+    "name": "user_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{24}$"},
+}
+KEYED = (401, 403, 503)  # every /users route: no key, a read key on a write, MongoDB down
+WRITE_ERRORS = (400, 405, 413, 415, 422, *KEYED)
+
+
+def answers(success: tuple[int, object], *errors: int, headers: Any = None) -> docs.Answers:
+    return docs.Answers(success, tuple(sorted(set(errors))), headers, ERRORS)
+
+
+@service.get("/health")
+@docs.documented(docs.operation("The process is up", answers((200, docs.Ref(Health)))))
+def health() -> Response:
+    return json_response({"status": "ok"})
+
+
+@service.get("/ready")
+@docs.documented(docs.operation("MongoDB answers", answers((200, docs.Ref(Health)), 503)))
+def ready() -> Response:
+    store().ping()
+    return json_response({"status": "ok"})
+
+
 @bp.post("/users")
+@docs.documented(
+    docs.operation(
+        "Create one user or a batch",
+        answers(
+            (201, docs.one_or_many(User, docs.Setting("max_batch"))),
+            *WRITE_ERRORS,
+            409,
+            headers=SINGLE_ETAG,
+        ),
+        body=docs.one_or_many(UserIn, docs.Setting("max_batch")),
+        body_examples={"one": ("One user", ADA), "batch": ("A batch", [TURING, HOPPER])},
+        description=BATCH_RULES,
+        security=WRITE,
+    )
+)
 def post_users() -> Response:
     items, single = read_batch(settings().max_batch)
     created = write(create_users, items, single=single)
@@ -1044,6 +1276,35 @@ def post_users() -> Response:
 
 
 @bp.patch("/users")
+@docs.documented(
+    docs.operation(
+        "Edit one user or a batch, by id; an item with a version applies only to the user "
+        "at that version",
+        answers(
+            (200, docs.one_or_many(User, docs.Setting("max_batch"))),
+            *WRITE_ERRORS,
+            404,
+            409,
+            412,
+            headers=SINGLE_ETAG,
+        ),
+        body=docs.one_or_many(UserEdit, docs.Setting("max_batch")),
+        body_examples={
+            "one": ("One user", {"id": ADA_ID, "name": "Ada King"}),
+            "batch": (
+                "A batch",
+                [
+                    {"id": ADA_ID, "email": "ada.king@example.com"},
+                    {"id": TURING_ID, "username": "turing"},
+                ],
+            ),
+        },
+        description=docs.Text(
+            BATCH_RULES.template + " Each item names the user by id; only the fields sent change."
+        ),
+        security=WRITE,
+    )
+)
 def patch_users() -> Response:
     items, single = read_batch(settings().max_batch)
     edited = write(edit_users, items, single=single)
@@ -1053,17 +1314,41 @@ def patch_users() -> Response:
 
 
 @bp.get("/users")
+@docs.documented(
+    docs.operation(
+        "List users",
+        answers((200, docs.Ref(UserPage)), 400, *KEYED),
+        parameters=docs.query_parameters(PageQuery),
+        security=READ,
+    )
+)
 def list_users() -> Response:
     return page_of({}, parse_query(PageQuery))
 
 
 @bp.get("/users/search")
+@docs.documented(
+    docs.operation(
+        "Users whose name, email or username contains q",
+        answers((200, docs.Ref(UserPage)), 400, *KEYED),
+        parameters=docs.query_parameters(SearchQuery),
+        security=READ,
+    )
+)
 def search_users() -> Response:
     query = parse_query(SearchQuery)
     return page_of(contains_text(query.q), query)
 
 
 @bp.get("/users/<userid:user_id>")
+@docs.documented(
+    docs.operation(
+        "One user",
+        docs.Answers((200, docs.Ref(User)), (404, *KEYED), ETAG, ERRORS, {304: {"headers": ETAG}}),
+        parameters=[USER_ID, IF_NONE_MATCH],
+        security=READ,
+    )
+)
 def get_user(user_id: str) -> Response:
     doc = store().get(user_id)
     if doc is None:
@@ -1081,6 +1366,17 @@ NOT_IN_BODY = {"id": "the id is taken from the path", "version": "send the versi
 
 
 @bp.patch("/users/<userid:user_id>")
+@docs.documented(
+    docs.operation(
+        "Edit one user",
+        answers((200, docs.Ref(User)), *WRITE_ERRORS, 404, 409, 412, headers=ETAG),
+        body=docs.Ref(UserChanges),
+        body_examples={"name": ("A new name", {"name": "Ada King"})},
+        parameters=[USER_ID, IF_MATCH],
+        description="Only the fields sent change; the email stays unique.",
+        security=WRITE,
+    )
+)
 def patch_user(user_id: str) -> Response:
     body = read_json_body()
     if not isinstance(body, dict):
@@ -1099,79 +1395,17 @@ def patch_user(user_id: str) -> Response:
 
 
 @bp.delete("/users/<userid:user_id>")
+@docs.documented(
+    docs.operation(
+        "Delete one user",
+        answers((204, None), 404, 412, *KEYED),
+        parameters=[USER_ID, IF_MATCH],
+        security=WRITE,
+    )
+)
 def delete_user(user_id: str) -> Response:
     remove_user(store(), user_id, accepted_versions(request.if_match))
     return no_content()
-
-
-@service.get("/openapi.json")
-def openapi() -> Response:
-    return json_response(current_app.extensions["usersapi.openapi"])
-
-
-# Interactive documentation: Swagger UI from the pinned flask-swagger-ui package, which
-# bundles its assets; only the page, its initializer and the files it loads are served, all
-# from this origin. The initializer is a file rather than the stock inline script, so the
-# page's Content-Security-Policy can allow scripts from 'self' alone. Swagger UI draws
-# icons from data: URIs; validatorUrl null keeps it from asking validator.swagger.io for a
-# badge.
-SWAGGER_UI_DIR = files("flask_swagger_ui") / "dist"
-SWAGGER_UI_ASSETS = frozenset({"swagger-ui.css", "swagger-ui-bundle.js", "favicon-32x32.png"})
-DOCS_CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; "
-    "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
-    "frame-ancestors 'none'"
-)
-DOCS_PAGE = """<!doctype html>
-<html lang="en">
-<head>
-  <meta charset="utf-8">
-  <title>Users API</title>
-  <link rel="stylesheet" href="/docs/swagger-ui.css">
-  <link rel="icon" type="image/png" href="/docs/favicon-32x32.png">
-</head>
-<body>
-  <div id="swagger-ui"></div>
-  <script src="/docs/swagger-ui-bundle.js"></script>
-  <script src="/docs/swagger-initializer.js"></script>
-</body>
-</html>
-"""
-DOCS_INITIALIZER = """window.addEventListener("load", function () {
-  window.ui = SwaggerUIBundle({
-    url: "/openapi.json",
-    dom_id: "#swagger-ui",
-    deepLinking: true,
-    displayRequestDuration: true,
-    validatorUrl: null
-  });
-});
-"""
-
-
-@service.get("/")
-@service.get("/docs/")
-def to_docs() -> Response:
-    return current_app.response_class(status=HTTPStatus.FOUND, headers={"Location": "/docs"})
-
-
-@service.get("/docs")
-def docs() -> Response:
-    response = current_app.response_class(DOCS_PAGE, mimetype="text/html")
-    response.headers["Content-Security-Policy"] = DOCS_CSP
-    return response
-
-
-@service.get("/docs/swagger-initializer.js")
-def docs_initializer() -> Response:
-    return current_app.response_class(DOCS_INITIALIZER, mimetype="text/javascript")
-
-
-@service.get("/docs/<asset>")
-def docs_asset(asset: str) -> Response:
-    if asset not in SWAGGER_UI_ASSETS:
-        raise ApiError(HTTPStatus.NOT_FOUND, "no such documentation file")
-    return send_from_directory(str(SWAGGER_UI_DIR), asset)
 
 
 # --------------------------------------------------------------------------------------
@@ -1202,7 +1436,11 @@ def handle_api_error(exc: ApiError) -> Response:
 def handle_http_exception(exc: HTTPException) -> Response:
     status = exc.code or HTTPStatus.INTERNAL_SERVER_ERROR
     allow = {k: v for k, v in exc.get_headers() if k == "Allow"}
-    return problem_response(status, exc.description or reason_phrase(status), [], allow)
+    response = problem_response(status, exc.description or reason_phrase(status), [], allow)
+    if status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
+        # The body was not read: the connection cannot carry another request after it.
+        response.headers["Connection"] = "close"
+    return response
 
 
 def database_unavailable(
@@ -1213,18 +1451,18 @@ def database_unavailable(
 
 def handle_database_error(exc: PyMongoError) -> Response:
     if exc.timeout and not isinstance(exc, ServerSelectionTimeoutError):
-        record_database_error("timeout")
+        telemetry.record_database_error("timeout")
         log.warning("MongoDB did not answer within MONGO_OP_TIMEOUT_MS: %s", type(exc).__name__)
         return database_unavailable("the database did not answer in time; try again shortly")
     if isinstance(exc, ConnectionFailure):
-        record_database_error("unreachable")
+        telemetry.record_database_error("unreachable")
         log.warning("MongoDB unreachable: %s", type(exc).__name__)
         return database_unavailable()
     if isinstance(exc, OperationFailure) and exc.code in AUTH_FAILURES:
-        record_database_error("credentials_refused")
+        telemetry.record_database_error("credentials_refused")
         log.error("MongoDB refused the credentials (code %s)", exc.code)
         return database_unavailable()
-    record_database_error(type(exc).__name__)
+    telemetry.record_database_error(type(exc).__name__)
     return handle_unexpected(exc)
 
 
@@ -1235,419 +1473,8 @@ def handle_unexpected(exc: Exception) -> Response:
 
 
 # --------------------------------------------------------------------------------------
-# OpenAPI document, built from the models above
+# App factory
 # --------------------------------------------------------------------------------------
-
-SCHEMA_MODELS: tuple[type[BaseModel], ...] = (
-    UserIn,
-    UserChanges,
-    UserEdit,
-    User,
-    UserPage,
-    Problem,
-    Health,
-)
-
-
-def ref(model: type[BaseModel]) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{model.__name__}"}
-
-
-def one_or_many(model: type[BaseModel], max_batch: int) -> dict[str, Any]:
-    many = {"type": "array", "items": ref(model), "minItems": 1, "maxItems": max_batch}
-    return {"oneOf": [ref(model), many]}
-
-
-def json_content(
-    schema: Mapping[str, Any],
-    media_type: str = "application/json",
-    examples: Mapping[str, Any] | None = None,
-) -> Document:
-    content: Document = {"schema": schema}
-    if examples:
-        content["examples"] = {
-            name: {"summary": summary, "value": value}
-            for name, (summary, value) in examples.items()
-        }
-    return {"content": {media_type: content}}
-
-
-def problem(status: int, detail: str, *errors: tuple[int | None, str | None, str]) -> Document:
-    """An example problem document, as the API answers it."""
-    items = [ProblemItem(index=index, field=field, message=msg) for index, field, msg in errors]
-    return Problem(
-        type=PROBLEM_TYPE,
-        title=reason_phrase(status),
-        status=status,
-        detail=detail,
-        errors=items,
-    ).model_dump(mode="json")
-
-
-ADA = {"name": "Ada Lovelace", "email": "ada@example.com", "username": "ada"}
-TURING = {"name": "Alan Turing", "email": "alan@example.com", "username": "alan"}
-HOPPER = {"name": "Grace Hopper", "email": "grace@example.com", "username": "grace"}
-ADA_ID, TURING_ID = "665f1c2e8b3e4a1f2c3d4e5f", "665f1c2e8b3e4a1f2c3d4e60"
-BATCH_RULES = (
-    "Send one object, or an array of 1 to {max_batch} of them (the answer has the same shape, "
-    "in input order). A batch is checked as a whole before anything is written: if any item "
-    "is invalid (422), names an unknown user (404) or an email that is taken or repeated in "
-    "the batch (409), nothing is written and every problem is listed, with its item's index. "
-    "Emails are unique, compared lower-cased."
-)
-
-
-def problem_examples(max_batch: int) -> dict[int, dict[str, tuple[str, Document]]]:
-    """Examples of each error status, for one user and for a batch where they differ."""
-    taken = "some emails are already in use"
-    invalid = "some users are invalid"
-    return {
-        400: {
-            "body": ("A body that is not JSON", problem(400, "the body is not valid JSON")),
-            "query": (
-                "A query parameter out of range",
-                problem(
-                    400,
-                    "invalid query parameters",
-                    (None, "limit", FIELD_RULES["limit"]),
-                ),
-            ),
-        },
-        404: {
-            "one": (
-                "One user",
-                problem(404, "the user does not exist", (None, "id", f"no user has id {ADA_ID}")),
-            ),
-            "batch": (
-                "A batch",
-                problem(404, "some users do not exist", (1, "id", f"no user has id {TURING_ID}")),
-            ),
-        },
-        405: {
-            "method": (
-                "A method the path does not take",
-                problem(405, "The method is not allowed for the requested URL."),
-            )
-        },
-        409: {
-            "one": (
-                "One user",
-                problem(409, taken, (None, "email", "email ada@example.com is already taken")),
-            ),
-            "batch": (
-                "A batch",
-                problem(
-                    409,
-                    "an email is repeated in the batch",
-                    (1, "email", "email alan@example.com is repeated in the batch (item 0)"),
-                ),
-            ),
-        },
-        413: {
-            "batch": (
-                "A batch too large",
-                problem(413, f"a batch holds at most {max_batch} users, got {max_batch + 1}"),
-            )
-        },
-        415: {
-            "type": (
-                "A body not declared as JSON",
-                problem(415, "send the body as application/json"),
-            )
-        },
-        422: {
-            "one": (
-                "One user",
-                problem(
-                    422,
-                    invalid,
-                    (
-                        None,
-                        "email",
-                        "value is not a valid email address: An email address must have an @-sign.",
-                    ),
-                ),
-            ),
-            "batch": (
-                "A batch",
-                problem(
-                    422, invalid, (0, "name", "required"), (1, "username", FIELD_RULES["username"])
-                ),
-            ),
-        },
-        503: {
-            "database": (
-                "MongoDB cannot be reached",
-                problem(503, "the database cannot be reached; try again shortly"),
-            )
-        },
-    }
-
-
-def problems(*statuses: int, examples: Mapping[int, Mapping[str, Any]] | None = None) -> Document:
-    return {
-        str(status): {
-            "description": reason_phrase(status),
-            **json_content(ref(Problem), "application/problem+json", (examples or {}).get(status)),
-        }
-        for status in statuses
-    }
-
-
-ETAG = {
-    "ETag": {
-        "description": 'the user\'s version as a strong entity tag, such as "3"',
-        "schema": {"type": "string"},
-    }
-}
-SINGLE_ETAG = {"ETag": {**ETAG["ETag"], "description": "when one user was sent: its ETag"}}
-
-
-def precondition(name: str, description: str) -> Document:
-    return {
-        "name": name,
-        "in": "header",
-        "required": False,
-        "description": description,
-        "schema": {"type": "string"},
-    }
-
-
-IF_MATCH = precondition(
-    "If-Match", 'apply only while the user\'s ETag is one of these (or "*"); else 412'
-)
-IF_NONE_MATCH = precondition(
-    "If-None-Match", "answer 304 without a body while the user's ETag is one of these"
-)
-
-
-def query_parameters(model: type[PageQuery]) -> list[Document]:
-    schema = model.model_json_schema()
-    required = set(schema.get("required", []))
-    return [
-        {
-            "name": name,
-            "in": "query",
-            "required": name in required,
-            "description": prop.get("description", ""),
-            "schema": prop,
-        }
-        for name, prop in schema["properties"].items()
-    ]
-
-
-def operation(
-    summary: str,
-    ok: tuple[int, Mapping[str, Any] | None],
-    errors: tuple[int, ...],
-    body: Mapping[str, Any] | None = None,
-    parameters: list[Document] | None = None,
-    *,
-    body_examples: Mapping[str, Any] | None = None,
-    error_examples: Mapping[int, Mapping[str, Any]] | None = None,
-    description: str = "",
-    headers: Mapping[str, Any] | None = None,
-) -> Document:
-    """An operation answering OK = (status, schema) with HEADERS, or a problem with ERRORS."""
-    status, schema = ok
-    success = {"description": reason_phrase(status), **(json_content(schema) if schema else {})}
-    if headers:
-        success["headers"] = headers
-    responses = {str(status): success, **problems(*errors, examples=error_examples)}
-    op: Document = {"summary": summary, "responses": responses}
-    if description:
-        op["description"] = description
-    if body is not None:
-        op["requestBody"] = {"required": True, **json_content(body, examples=body_examples)}
-    if parameters:
-        op["parameters"] = parameters
-    return op
-
-
-def openapi_document(max_batch: int, version: str) -> Document:
-    _, definitions = models_json_schema(
-        [(model, "serialization") for model in SCHEMA_MODELS],
-        ref_template="#/components/schemas/{model}",
-    )
-    # Any other id is answered 404, like an id no user has.
-    id_schema = {"type": "string", "pattern": "^[0-9a-fA-F]{24}$"}
-    user_id = [{"name": "user_id", "in": "path", "required": True, "schema": id_schema}]
-    page = ref(UserPage)
-    write_errors = (400, 405, 413, 415, 422, 503)
-    errors = problem_examples(max_batch)
-    rules = BATCH_RULES.format(max_batch=max_batch)
-    get_one = operation(
-        "One user",
-        (200, ref(User)),
-        (404, 503),
-        parameters=[*user_id, IF_NONE_MATCH],
-        error_examples=errors,
-        headers=ETAG,
-    )
-    get_one["responses"]["304"] = {"description": reason_phrase(304), "headers": ETAG}
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "Users API", "version": version},
-        "paths": {
-            "/users": {
-                "post": operation(
-                    "Create one user or a batch",
-                    (201, one_or_many(User, max_batch)),
-                    (*write_errors, 409),
-                    one_or_many(UserIn, max_batch),
-                    body_examples={
-                        "one": ("One user", ADA),
-                        "batch": ("A batch", [TURING, HOPPER]),
-                    },
-                    error_examples=errors,
-                    description=rules,
-                    headers=SINGLE_ETAG,
-                ),
-                "patch": operation(
-                    "Edit one user or a batch, by id; an item with a version applies only to "
-                    "the user at that version",
-                    (200, one_or_many(User, max_batch)),
-                    (*write_errors, 404, 409, 412),
-                    one_or_many(UserEdit, max_batch),
-                    body_examples={
-                        "one": ("One user", {"id": ADA_ID, "name": "Ada King"}),
-                        "batch": (
-                            "A batch",
-                            [
-                                {"id": ADA_ID, "email": "ada.king@example.com"},
-                                {"id": TURING_ID, "username": "turing"},
-                            ],
-                        ),
-                    },
-                    error_examples=errors,
-                    description=rules + " Each item names the user by id; only the fields "
-                    "sent change.",
-                    headers=SINGLE_ETAG,
-                ),
-                "get": operation(
-                    "List users",
-                    (200, page),
-                    (400, 503),
-                    parameters=query_parameters(PageQuery),
-                    error_examples=errors,
-                ),
-            },
-            "/users/search": {
-                "get": operation(
-                    "Users whose name, email or username contains q",
-                    (200, page),
-                    (400, 503),
-                    parameters=query_parameters(SearchQuery),
-                    error_examples=errors,
-                ),
-            },
-            "/users/{user_id}": {
-                "get": get_one,
-                "patch": operation(
-                    "Edit one user",
-                    (200, ref(User)),
-                    (*write_errors, 404, 409, 412),
-                    ref(UserChanges),
-                    [*user_id, IF_MATCH],
-                    body_examples={"name": ("A new name", {"name": "Ada King"})},
-                    error_examples=errors,
-                    description="Only the fields sent change; the email stays unique.",
-                    headers=ETAG,
-                ),
-                "delete": operation(
-                    "Delete one user",
-                    (204, None),
-                    (404, 412, 503),
-                    parameters=[*user_id, IF_MATCH],
-                    error_examples=errors,
-                ),
-            },
-            "/health": {"get": operation("The process is up", (200, ref(Health)), ())},
-            "/ready": {"get": operation("MongoDB answers", (200, ref(Health)), (503,))},
-            "/openapi.json": {"get": operation("This document", (200, {"type": "object"}), ())},
-        },
-        "components": {"schemas": definitions["$defs"]},
-    }
-
-
-# --------------------------------------------------------------------------------------
-# Request ids and logging: one id per request, in its response and in every log line
-# --------------------------------------------------------------------------------------
-
-REQUEST_ID_HEADER = "X-Request-ID"
-# The same rule as the nginx ingress: anything else is replaced, never logged as sent.
-SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
-ACCESS_FIELDS = ("method", "path", "route", "status", "duration_ms", "client")
-UNMATCHED_ROUTE = "<unmatched>"
-access_log = logging.getLogger("usersapi.access")
-
-
-def request_id_from(incoming: str | None) -> str:
-    """The caller's X-Request-ID when it is sane, else a new unique one."""
-    if incoming is not None and SANE_REQUEST_ID.fullmatch(incoming):
-        return incoming
-    return uuid.uuid4().hex
-
-
-def current_request_id() -> str | None:
-    return g.get("request_id") if has_request_context() else None
-
-
-def request_id_of(record: logging.LogRecord) -> str | None:
-    """The id of the request being served when RECORD was logged, if any. Handlers format
-    records in the thread that logs them, so the request context is still the right one."""
-    return getattr(record, "request_id", None) or current_request_id()
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, the request id and, for the
-    access line, the request's fields; a traceback travels inside the object."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, object] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-            "request_id": request_id_of(record),
-        }
-        entry.update({name: getattr(record, name, None) for name in ACCESS_FIELDS})
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps({k: v for k, v in entry.items() if v is not None}, default=str)
-
-
-class TextFormatter(logging.Formatter):
-    """Readable lines for the development server, with the request id when there is one."""
-
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
-
-    def format(self, record: logging.LogRecord) -> str:
-        record.request_id = request_id_of(record) or "-"
-        return super().format(record)
-
-
-def log_formatter(log_format: str = "json") -> logging.Formatter:
-    """The formatter for a LOG_FORMAT as read_log_format gives it; gunicorn.conf.py gives
-    gunicorn's own log the same."""
-    return JsonFormatter() if log_format == "json" else TextFormatter()
-
-
-def configure_logging(settings: Settings) -> None:
-    """Log to stderr in the configured format, unless the process already has a handler
-    (gunicorn.conf.py installs one with the same formatter; pytest installs its own)."""
-    root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(log_formatter(settings.log_format))
-        root.addHandler(handler)
-    log.setLevel(settings.log_level)
-
-
-def start_request() -> None:
-    g.request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
-    g.started = time.perf_counter()
 
 
 def start_database_deadline() -> None:
@@ -1665,156 +1492,51 @@ def end_database_deadline(_exc: BaseException | None) -> None:
         deadline.__exit__(None, None, None)
 
 
-def route_label() -> str:
-    """The URL rule that matched (a template such as /users/<userid:user_id>, never the
-    path with its ids), or a fixed label when none did."""
-    return request.url_rule.rule if request.url_rule is not None else UNMATCHED_ROUTE
-
-
-def log_request(response: Response, request_id: str, route: str, seconds: float) -> None:
-    method, path, status = request.method, request.path, response.status_code
-    fields = {
-        "request_id": request_id,
-        "method": method,
-        "path": path,
-        "route": route,
-        "status": status,
-        "duration_ms": round(seconds * 1000, 2),
-        "client": request.remote_addr,  # after ProxyFix: the address nginx saw
-    }
-    access_log.info("%s %s %s %.2f ms", method, path, status, seconds * 1000, extra=fields)
-
-
-def finish_request(response: Response) -> Response:
-    """Every response carries the request id; every request gets one access line and is
-    counted in the metrics."""
-    request_id = g.get("request_id")
-    if request_id is None:  # a hook registered before start_request failed
-        request_id = g.request_id = request_id_from(None)
-    response.headers[REQUEST_ID_HEADER] = request_id
-    seconds = time.perf_counter() - g.get("started", time.perf_counter())
-    route = route_label()
-    log_request(response, request_id, route, seconds)
-    record_request(response, route, seconds)
+def no_sniffing(response: Response) -> Response:
+    response.headers["X-Content-Type-Options"] = "nosniff"
     return response
 
 
-# --------------------------------------------------------------------------------------
-# Metrics: Prometheus text format, summed over gunicorn's workers
-# --------------------------------------------------------------------------------------
-
-KNOWN_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
-BATCH_BUCKETS = (1, 2, 5, 10, 50, 100, 250, 500, 1000)
-BATCH_OPERATIONS = {"POST": "create", "PATCH": "edit"}
-
-
-@dataclass(frozen=True)
-class Metrics:
-    """The service's metrics, in a registry of the app's own (each app in a test counts
-    from zero). Under gunicorn every worker writes its figures to files in
-    PROMETHEUS_MULTIPROC_DIR (gunicorn.conf.py sets it up) and /metrics sums the files."""
-
-    registry: CollectorRegistry
-    requests: Counter
-    latency: Histogram
-    database_errors: Counter
-    batch_sizes: Histogram
-
-    @classmethod
-    def create(cls) -> Self:
-        registry = CollectorRegistry()
-        return cls(
-            registry=registry,
-            requests=Counter(
-                "usersapi_http_requests",
-                "HTTP requests answered, by method, route template and status",
-                ["method", "route", "status"],
-                registry=registry,
-            ),
-            latency=Histogram(
-                "usersapi_http_request_duration_seconds",
-                "Time to answer an HTTP request, by method and route template",
-                ["method", "route"],
-                registry=registry,
-            ),
-            database_errors=Counter(
-                "usersapi_mongodb_errors",
-                "MongoDB errors answered as 503 or 500, by kind",
-                ["kind"],
-                registry=registry,
-            ),
-            batch_sizes=Histogram(
-                "usersapi_batch_size",
-                "Users in one POST or PATCH /users request, by operation",
-                ["operation"],
-                buckets=BATCH_BUCKETS,
-                registry=registry,
-            ),
-        )
+BEARER_SCHEME = {
+    "bearerAuth": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key, sent as Authorization: Bearer KEY. Its scope is read "
+        "(GET) or write (everything, POST, PATCH and DELETE included).",
+    }
+}
 
 
-def metrics() -> Metrics:
-    app_metrics: Metrics = current_app.extensions["usersapi.metrics"]
-    return app_metrics
-
-
-def record_request(response: Response, route: str, seconds: float) -> None:
-    # Any token is a method to werkzeug: unknown ones share a label to keep the series few.
-    method = request.method
-    if method not in KNOWN_METHODS:
-        method = "OTHER"
-    app_metrics = metrics()
-    app_metrics.requests.labels(method, route, str(response.status_code)).inc()
-    app_metrics.latency.labels(method, route).observe(seconds)
-
-
-def record_database_error(kind: str) -> None:
-    metrics().database_errors.labels(kind).inc()
-
-
-def record_batch_size(size: int) -> None:
-    operation = BATCH_OPERATIONS.get(request.method, request.method.lower())
-    metrics().batch_sizes.labels(operation).observe(size)
-
-
-def exposition() -> bytes:
-    """The metrics in Prometheus text format: the sum over every worker's files in
-    multiprocess mode, else this process's own registry."""
-    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-        return generate_latest(metrics().registry)
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    return generate_latest(registry)
-
-
-# Not in the OpenAPI document: an operator's endpoint, closed at the ingress, not part of
-# the users API.
-@service.get("/metrics")
-def prometheus_metrics() -> Response:
-    return current_app.response_class(exposition(), mimetype=None, content_type=CONTENT_TYPE_LATEST)
-
-
-# --------------------------------------------------------------------------------------
-# App factory
-# --------------------------------------------------------------------------------------
+def openapi_document(app: Flask) -> docs.Document:
+    app_settings: Settings = app.extensions["usersapi.settings"]
+    max_batch = app_settings.max_batch
+    return docs.openapi_document(
+        app,
+        {"title": "Users API", "version": app_settings.usersapi_version},
+        docs.Problems(Problem, "application/problem+json", reason_phrase),
+        BEARER_SCHEME,
+        {"max_batch": max_batch, "too_many": max_batch + 1},
+    )
 
 
 def create_app(config: Settings | None = None) -> Flask:
     """The WSGI application. Without CONFIG, settings come from the environment."""
     settings = Settings.from_env() if config is None else config
-    configure_logging(settings)
+    if not settings.api_keys and not settings.in_memory:
+        raise ConfigError(
+            "no API key: set API_KEYS_FILE to a file of key lines, NAME SCOPE sha256:HEX "
+            "(`python3 usersapi_auth.py new NAME write` makes a key and its line; "
+            "stack/swarm.sh secrets does it for the stack)"
+        )
+    telemetry.configure_logging(settings.log_level, settings.log_format)
     app = Flask(__name__)
-    # First registered: the request id exists before any other hook runs, and the access
-    # line and metrics (after_request hooks run in reverse) see the final response.
-    app.before_request(start_request)
-    app.after_request(finish_request)
+    telemetry.init_app(app)  # first: the request id exists before any other hook runs
     app.before_request(start_database_deadline)
     app.teardown_request(end_database_deadline)
+    app.after_request(no_sniffing)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
     app.extensions["usersapi.settings"] = settings
     app.extensions["usersapi.store"] = UserStore(settings)
-    app.extensions["usersapi.openapi"] = openapi_document(settings.max_batch, settings.version)
-    app.extensions["usersapi.metrics"] = Metrics.create()
     app.url_map.converters["userid"] = UserIdConverter
     app.register_blueprint(bp)
     app.register_blueprint(service)
@@ -1822,26 +1544,45 @@ def create_app(config: Settings | None = None) -> Flask:
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(PyMongoError, handle_database_error)
     app.register_error_handler(Exception, handle_unexpected)
+    docs.init_app(app, openapi_document)  # last: it documents the routes registered above
     # One reverse proxy (nginx) stands in front in production.
     app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)  # type: ignore[method-assign]
     log.info("usersapi ready: %s", settings.describe())
     return app
 
 
+DEV_KEY_FILE = Path(".usersapi-dev-key")
+
+
+def development_key() -> str:
+    """The development server's write key, in DEV_KEY_FILE (made once, readable by its
+    owner only), so that the README's curl examples can read it."""
+    if not DEV_KEY_FILE.exists():
+        DEV_KEY_FILE.touch(mode=0o600)
+        DEV_KEY_FILE.write_text(auth.new_key() + "\n", encoding="utf-8")
+    return DEV_KEY_FILE.read_text(encoding="utf-8").strip()
+
+
 def main() -> None:
-    """Development server on port 8000 (PORT); an in-memory store when nothing is set, and
-    readable text logs unless LOG_FORMAT says otherwise."""
+    """Development server on port 8000 (PORT); an in-memory store and a key of its own
+    when nothing is set, and readable text logs unless LOG_FORMAT says otherwise."""
     os.environ.setdefault("LOG_FORMAT", "text")
-    if not has_mongo_settings(os.environ):
+    notes = []
+    if not any(name.startswith("MONGO_") for name in os.environ):
         os.environ["MONGO_URI"] = IN_MEMORY_URI
+        notes += [
+            "No MongoDB configuration: using an IN-MEMORY store (mongomock).",
+            "Data is lost on exit. Set MONGO_URI, or MONGO_HOST, MONGO_USER, MONGO_PASSWORD.",
+        ]
+    no_keys = not {"API_KEYS", "API_KEYS_FILE"} & set(os.environ)
+    if os.environ.get("MONGO_URI") == IN_MEMORY_URI and no_keys:
+        key = development_key()
+        os.environ["API_KEYS"] = auth.key_line("dev", "write", key)
+        notes += [f"API key (write), also in {DEV_KEY_FILE}: {key}"]
+    if notes:
         banner = "!" * 78
-        print(
-            f"{banner}\n"
-            "  No MongoDB configuration: using an IN-MEMORY store (mongomock).\n"
-            "  Data is lost on exit. Set MONGO_URI, or MONGO_HOST, MONGO_USER, MONGO_PASSWORD.\n"
-            f"{banner}",
-            file=sys.stderr,
-        )
+        lines = "\n".join(f"  {note}" for note in notes)
+        print(f"{banner}\n{lines}\n{banner}", file=sys.stderr)
     try:
         app = create_app()
     except ConfigError as exc:
