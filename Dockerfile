@@ -30,7 +30,7 @@ COPY requirements.txt .
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --root-user-action=ignore -r requirements.txt
 
-COPY gunicorn.conf.py usersapi.py usersapi_auth.py usersapi_docs.py usersapi_telemetry.py ./
+COPY gunicorn.conf.py usersapi*.py ./
 
 # gunicorn.conf.py reads WEB_CONCURRENCY (workers) and GUNICORN_THREADS from the
 # environment, so a deployment tunes them without a new image. The workers' metrics files

@@ -36,7 +36,8 @@ from werkzeug.test import TestResponse
 import usersapi
 import usersapi_auth
 import usersapi_telemetry as telemetry
-from usersapi import ConfigError, Settings, UserStore, create_app
+from usersapi import Settings, UserStore, create_app
+from usersapi_settings import ConfigError
 
 Json = Any
 
@@ -263,16 +264,16 @@ def test_the_in_memory_store_needs_mongomock_installed(monkeypatch: pytest.Monke
         Settings.from_env({"MONGO_URI": "mongomock://"})
 
 
-def test_the_dev_server_falls_back_to_memory_and_says_so() -> None:
+def test_the_dev_server_falls_back_to_memory_and_says_so(tmp_path: Path) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MONGO_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MONGO_", "API_KEYS"))}
     env["PORT"] = str(port)
-    server = subprocess.Popen(
-        [sys.executable, "usersapi.py"],
+    server = subprocess.Popen(  # noqa: S603 - this interpreter and a file of the project
+        [sys.executable, str(Path(__file__).parent / "devserver.py")],
         env=env,
         stderr=subprocess.PIPE,
         text=True,
-        cwd=Path(__file__).parent,
+        cwd=tmp_path,  # where it keeps its key
     )
     try:
         body = b""
@@ -1852,13 +1853,17 @@ def test_metrics_count_unknown_methods_under_one_label(client: FlaskClient) -> N
 HERE = Path(__file__).parent
 
 
-def start_gunicorn(port: int, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    """gunicorn with the project's gunicorn.conf.py, as the image runs it."""
+def start_gunicorn(
+    port: int, env: dict[str, str], log: Path, *args: str
+) -> subprocess.Popen[bytes]:
+    """gunicorn with the project's gunicorn.conf.py, as the image runs it, its log in LOG
+    (a file: a pipe nobody reads while it runs would fill and stop the workers)."""
     command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"]
     command += ["--bind", f"127.0.0.1:{port}", *args]
-    return subprocess.Popen(  # noqa: S603 - this interpreter and the test's own arguments
-        command, env=env, cwd=HERE, stderr=subprocess.PIPE, text=True
-    )
+    with log.open("wb") as stderr:
+        return subprocess.Popen(  # noqa: S603 - this interpreter and the test's own arguments
+            command, env=env, cwd=HERE, stderr=stderr
+        )
 
 
 def get(port: int, path: str) -> tuple[int, str]:
@@ -1893,7 +1898,8 @@ def test_metrics_are_summed_over_two_gunicorn_workers(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MONGO_", "LOG_"))}
     env.update(MONGO_URI="mongomock://", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
     port = free_port()
-    server = start_gunicorn(port, env, "--workers", "2", "--threads", "2")
+    log = tmp_path / "gunicorn.log"
+    server = start_gunicorn(port, env, log, "--workers", "2", "--threads", "2")
     try:
         sent = wait_until_up(port)
         assert not stale.exists()
@@ -1915,7 +1921,8 @@ def test_metrics_are_summed_over_two_gunicorn_workers(tmp_path: Path) -> None:
         assert metric(text, "usersapi_http_requests_total", **labels) == sent
     finally:
         server.terminate()
-        _, stderr = server.communicate(timeout=30)
+        server.wait(timeout=30)
+    stderr = log.read_text(encoding="utf-8")
     # gunicorn's own lines and the app's are all JSON; the app's access line replaces
     # gunicorn's access log.
     lines = [json.loads(line) for line in stderr.splitlines()]
@@ -1930,8 +1937,10 @@ def test_metrics_are_summed_over_two_gunicorn_workers(tmp_path: Path) -> None:
 def test_gunicorn_refuses_a_bad_setting_before_it_starts(tmp_path: Path) -> None:
     env = {**os.environ, "MONGO_URI": "mongomock://", "GUNICORN_THREADS": "many"}
     env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "metrics")
-    server = start_gunicorn(free_port(), env)
-    _, stderr = server.communicate(timeout=30)
+    log = tmp_path / "gunicorn.log"
+    server = start_gunicorn(free_port(), env, log)
+    server.wait(timeout=30)
+    stderr = log.read_text(encoding="utf-8")
     assert server.returncode != 0
     assert "GUNICORN_THREADS must be a whole number of at least 1, got 'many'" in stderr
     assert not (tmp_path / "metrics").exists()

@@ -3,19 +3,19 @@ editing and deleting users, each request authorised by an API key.
 
 The module reads top to bottom: configuration, models and validation, data access, the
 batch use cases, routes, errors and the app factory. Its siblings hold what every route
-shares: usersapi_auth (API keys), usersapi_telemetry (request ids, logs, metrics) and
-usersapi_docs (the OpenAPI document and /docs); ``create_app()`` wires them in. Production
-runs ``gunicorn`` with gunicorn.conf.py (``usersapi:create_app()``); ``python usersapi.py``
-starts a development server on port 8000.
+shares, and ``create_app()`` wires them in: usersapi_settings (reading the environment),
+usersapi_auth (API keys), usersapi_problems (errors as problem documents),
+usersapi_telemetry (request ids, logs, metrics) and usersapi_docs (the OpenAPI document and
+/docs); none of them imports this module.
+Production runs gunicorn with gunicorn.conf.py (``usersapi:create_app()``); devserver.py is
+the development server.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import sys
 import threading
 import time
 import uuid
@@ -25,9 +25,7 @@ from datetime import UTC, datetime
 from functools import partial
 from http import HTTPStatus
 from importlib.util import find_spec
-from pathlib import Path
 from typing import Annotated, Any, Literal, Self, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import pymongo
 from bson import ObjectId
@@ -46,14 +44,7 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import ErrorDetails
-from pydantic_settings import (
-    BaseSettings,
-    EnvSettingsSource,
-    NoDecode,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
-from pydantic_settings.sources.utils import parse_env_vars
+from pydantic_settings import NoDecode
 from pymongo import ASCENDING, MongoClient, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import (
@@ -65,12 +56,14 @@ from pymongo.errors import (
 )
 from werkzeug import routing
 from werkzeug.datastructures import ETags
-from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 import usersapi_auth as auth
 import usersapi_docs as docs
+import usersapi_problems as problems
 import usersapi_telemetry as telemetry
+from usersapi_problems import ApiError, ProblemItem, json_response, problem_response
+from usersapi_settings import ConfigError, EnvironmentSettings, redact_uri
 
 __version__ = "2.0.0"
 
@@ -81,81 +74,16 @@ log = logging.getLogger("usersapi")
 # --------------------------------------------------------------------------------------
 
 IN_MEMORY_URI = "mongomock://"
-MONGO_SETTINGS = ("mongo_uri", "mongo_host", "mongo_port", "mongo_user", "mongo_password")
+MONGO_SETTINGS = {"mongo_uri", "mongo_host", "mongo_port", "mongo_user", "mongo_password"}
 # Secrets: each may come as NAME_FILE, a file holding the value (as Docker secrets arrive).
 SECRET_SETTINGS = ("MONGO_URI", "MONGO_USER", "MONGO_PASSWORD", "API_KEYS")
 
 
-class ConfigError(RuntimeError):
-    """The environment does not describe a usable configuration."""
-
-
-def with_secret_files(env: Mapping[str, str]) -> dict[str, str]:
-    """ENV with each NAME_FILE of a secret replaced by NAME, the file's content without its
-    trailing newline."""
-    values = dict(env)
-    for name in SECRET_SETTINGS:
-        path = values.pop(f"{name}_FILE", None)
-        if path is None:
-            continue
-        if name in values:
-            raise ConfigError(f"set {name} or {name}_FILE, not both")
-        try:
-            values[name] = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            raise ConfigError(f"{name}_FILE: cannot read {path}: {reason}") from None
-    return values
-
-
-class Environment(EnvSettingsSource):
-    """pydantic-settings' environment source, over a given mapping and with NAME_FILE."""
-
-    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
-        self.env = with_secret_files(env)
-        super().__init__(settings_cls, case_sensitive=False, env_ignore_empty=True)
-
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        return parse_env_vars(self.env, case_sensitive=False, ignore_empty=True)
-
-
-def redact_uri(uri: str) -> str:
-    """The URI with any password replaced, safe to log."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def setting_error(error: ErrorDetails) -> str:
-    """One refused setting in words, named as in the environment. The value is repeated
-    only for settings that are not secrets."""
-    name = str(error["loc"][0]).upper() if error["loc"] else "the settings"
-    ctx = error.get("ctx", {})
-    got = "" if name in SECRET_SETTINGS else f", got {error['input']!r}"
-    match error["type"]:
-        case "int_parsing" | "int_type":
-            return f"{name} must be a whole number{got}"
-        case "greater_than" | "greater_than_equal":
-            least = ctx["gt"] + 1 if "gt" in ctx else ctx["ge"]
-            return f"{name} must be at least {least}{got}"
-        case "less_than_equal":
-            return f"{name} must be at most {ctx['le']}{got}"
-        case "literal_error":
-            expected = ctx["expected"].replace("'", "").replace(" or ", ", ")
-            return f"{name} must be one of {expected}{got}"
-        case _:
-            return f"{name}: {error['msg'].removeprefix('Value error, ')}"
-
-
-class Settings(BaseSettings):
+class Settings(EnvironmentSettings):
     """Everything the service reads from its environment: each field from the variable of
-    its name in upper case (MONGO_URI...). ``Settings.from_env()`` reads them; tests give
-    fields directly."""
+    its name in upper case (MONGO_URI...), read by ``Settings.from_env()``."""
 
-    # Only what from_env() passes in: nothing is read from the process behind a test's back.
-    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+    SECRETS = SECRET_SETTINGS
 
     mongo_uri: str = Field(default="", repr=False)  # may hold a password
     mongo_host: str = "localhost"
@@ -176,32 +104,16 @@ class Settings(BaseSettings):
     # The image sets it from its build argument, so /openapi.json names the image.
     usersapi_version: str = __version__
 
+    @model_validator(mode="before")
     @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],  # noqa: ARG003 - the signature pydantic calls
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,  # noqa: ARG003
-        dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003
-        file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
-        """The settings of ENV (the process's environment by default); ConfigError says
-        what is wrong."""
-        values = Environment(cls, os.environ if env is None else env)()
-        if not any(name in values for name in MONGO_SETTINGS):
-            raise ConfigError(
+    def some_mongo_setting(cls, values: Any) -> Any:
+        if isinstance(values, dict) and not MONGO_SETTINGS & set(values):
+            raise ValueError(
                 "no MongoDB configuration: set MONGO_URI (or MONGO_URI_FILE), or MONGO_HOST "
                 "with MONGO_USER and MONGO_PASSWORD (or MONGO_PASSWORD_FILE); "
                 f"MONGO_URI={IN_MEMORY_URI} selects an in-memory store"
             )
-        try:
-            return cls(**values)
-        except ValidationError as exc:
-            raise ConfigError("; ".join(map(setting_error, exc.errors()))) from None
+        return values
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
@@ -358,60 +270,12 @@ class SearchQuery(PageQuery):
     )
 
 
-# RFC 9110's reason phrases, the titles of problem documents. (Python's HTTPStatus gives the
-# older names of 413, 414, 416 and 422 before 3.13.)
-REASON_PHRASES = {
-    **{status.value: status.phrase for status in HTTPStatus},
-    413: "Content Too Large",
-    414: "URI Too Long",
-    416: "Range Not Satisfiable",
-    422: "Unprocessable Content",
-}
-
-
-def reason_phrase(status: int) -> str:
-    return REASON_PHRASES.get(status, "Error")
-
-
-class ProblemItem(BaseModel):
-    index: int | None
-    field: str | None
-    message: str
-
-
-class Problem(BaseModel):
-    """An error, as application/problem+json (RFC 9457)."""
-
-    type: str
-    title: str
-    status: int
-    detail: str
-    errors: list[ProblemItem]
-
-
 class Health(BaseModel):
     status: Literal["ok"]
 
 
 QueryT = TypeVar("QueryT", bound=PageQuery)
 ModelT = TypeVar("ModelT", bound=BaseModel)
-
-
-class ApiError(Exception):
-    """An error answered to the client as a problem document."""
-
-    def __init__(
-        self,
-        status: int,
-        detail: str,
-        errors: Iterable[ProblemItem] = (),
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.errors = list(errors)
-        self.headers = dict(headers or {})
 
 
 def span(limits: tuple[int, int]) -> str:
@@ -968,23 +832,7 @@ class UserIdConverter(routing.BaseConverter):
 
 bp = Blueprint("users", __name__)  # /users: the users' data, behind API keys
 service = Blueprint("service", __name__)  # open: health and readiness
-PROBLEM_TYPE = "about:blank"
 AUTH_FAILURES = {13, 18}  # Unauthorized, AuthenticationFailed
-WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-REALM = 'Bearer realm="usersapi"'
-REFUSALS = {
-    "missing": (HTTPStatus.UNAUTHORIZED, "send an API key: Authorization: Bearer KEY", REALM),
-    "invalid": (
-        HTTPStatus.UNAUTHORIZED,
-        "the API key is not valid",
-        f'{REALM}, error="invalid_token"',
-    ),
-    "insufficient_scope": (
-        HTTPStatus.FORBIDDEN,
-        "this API key may only read: writing needs a key with the write scope",
-        f'{REALM}, error="insufficient_scope", scope="write"',
-    ),
-}
 
 
 def store() -> UserStore:
@@ -999,21 +847,7 @@ def settings() -> Settings:
 
 @bp.before_request
 def require_a_key() -> None:
-    """The first thing that happens to a /users request: nothing is parsed or asked of
-    MongoDB for a caller without a key that allows the method."""
-    outcome = auth.check(
-        request.headers.get("Authorization"),
-        settings().api_keys,
-        write=request.method in WRITE_METHODS,
-    )
-    g.api_key_name = outcome.key.name if outcome.key else None
-    if outcome.refusal is None:
-        return
-    status, detail, challenge = REFUSALS[outcome.refusal]
-    telemetry.record_refusal(outcome.refusal)
-    reason = outcome.refusal.replace("_", " ")
-    log.warning("refused %s %s: %s key", request.method, request.path, reason)
-    raise ApiError(status, detail, headers={"WWW-Authenticate": challenge})
+    auth.require_key(settings().api_keys)
 
 
 @bp.before_request
@@ -1027,15 +861,6 @@ def refuse_during_restore() -> None:
 def never_cached(response: Response) -> Response:
     response.headers["Cache-Control"] = "no-store"  # personal data
     return response
-
-
-def json_response(payload: object, status: int = HTTPStatus.OK) -> Response:
-    # The final newline keeps a shell prompt off the end of curl's output.
-    return current_app.response_class(
-        json.dumps(payload, separators=(",", ":")) + "\n",
-        status=status,
-        mimetype="application/json",
-    )
 
 
 def user_response(user: User, status: int = HTTPStatus.OK) -> Response:
@@ -1087,184 +912,18 @@ def write(
         raise
 
 
-# --- What the documentation says of each route (usersapi_docs builds /openapi.json) -------
-
-READ, WRITE = [{"bearerAuth": ["read"]}], [{"bearerAuth": ["write"]}]
-ADA = {"name": "Ada Lovelace", "email": "ada@example.com", "username": "ada"}
-TURING = {"name": "Alan Turing", "email": "alan@example.com", "username": "alan"}
-HOPPER = {"name": "Grace Hopper", "email": "grace@example.com", "username": "grace"}
-ADA_ID, TURING_ID = "665f1c2e8b3e4a1f2c3d4e5f", "665f1c2e8b3e4a1f2c3d4e60"
-BATCH_RULES = docs.Text(
-    "Send one object, or an array of 1 to {max_batch} of them (the answer has the same shape, "
-    "in input order). A batch is checked as a whole before anything is written: if any item "
-    "is invalid (422), names an unknown user (404) or an email that is taken or repeated in "
-    "the batch (409), nothing is written and every problem is listed, with its item's index. "
-    "Emails are unique, compared lower-cased."
-)
-
-
-def problem(status: int, detail: str | docs.Text, *errors: tuple[int | None, str, str]) -> Any:
-    """An example problem document, as the API answers it."""
-    items = [{"index": index, "field": name, "message": msg} for index, name, msg in errors]
-    title = reason_phrase(status)
-    return {
-        "type": PROBLEM_TYPE,
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "errors": items,
-    }
-
-
-def example(summary: str, value: object) -> tuple[str, object]:
-    return summary, value
-
-
-ERRORS: dict[int, dict[str, tuple[str, object]]] = {
-    400: {
-        "body": example("A body that is not JSON", problem(400, "the body is not valid JSON")),
-        "query": example(
-            "A query parameter out of range",
-            problem(400, "invalid query parameters", (None, "limit", FIELD_RULES["limit"])),
-        ),
-    },
-    401: {
-        "missing": example("No key", problem(401, REFUSALS["missing"][1])),
-        "invalid": example("A key that is not valid", problem(401, REFUSALS["invalid"][1])),
-    },
-    403: {"read": example("A read key", problem(403, REFUSALS["insufficient_scope"][1]))},
-    404: {
-        "one": example(
-            "One user",
-            problem(404, "the user does not exist", (None, "id", f"no user has id {ADA_ID}")),
-        ),
-        "batch": example(
-            "A batch",
-            problem(404, "some users do not exist", (1, "id", f"no user has id {TURING_ID}")),
-        ),
-    },
-    405: {
-        "method": example(
-            "A method the path does not take",
-            problem(405, "The method is not allowed for the requested URL."),
-        )
-    },
-    409: {
-        "one": example(
-            "One user",
-            problem(
-                409,
-                "some emails are already in use",
-                (None, "email", "email ada@example.com is already taken"),
-            ),
-        ),
-        "batch": example(
-            "A batch",
-            problem(
-                409,
-                "an email is repeated in the batch",
-                (1, "email", "email alan@example.com is repeated in the batch (item 0)"),
-            ),
-        ),
-    },
-    413: {
-        "batch": example(
-            "A batch too large",
-            problem(413, docs.Text("a batch holds at most {max_batch} users, got {too_many}")),
-        )
-    },
-    415: {
-        "type": example(
-            "A body not declared as JSON", problem(415, "send the body as application/json")
-        )
-    },
-    422: {
-        "one": example(
-            "One user",
-            problem(
-                422,
-                "some users are invalid",
-                (
-                    None,
-                    "email",
-                    "value is not a valid email address: An email address must have an @-sign.",
-                ),
-            ),
-        ),
-        "batch": example(
-            "A batch",
-            problem(
-                422,
-                "some users are invalid",
-                (0, "name", "required"),
-                (1, "username", FIELD_RULES["username"]),
-            ),
-        ),
-    },
-    503: {
-        "database": example(
-            "MongoDB cannot be reached",
-            problem(503, "the database cannot be reached; try again shortly"),
-        )
-    },
-}
-ETAG = {
-    "ETag": {
-        "description": 'the user\'s version as a strong entity tag, such as "3"',
-        "schema": {"type": "string"},
-    }
-}
-SINGLE_ETAG = {"ETag": {**ETAG["ETag"], "description": "when one user was sent: its ETag"}}
-IF_MATCH = docs.header_parameter(
-    "If-Match", 'apply only while the user\'s ETag is one of these (or "*"); else 412'
-)
-IF_NONE_MATCH = docs.header_parameter(
-    "If-None-Match", "answer 304 without a body while the user's ETag is one of these"
-)
-# Any other id is answered 404, like an id no user has.
-USER_ID = {
-    "name": "user_id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{24}$"},
-}
-KEYED = (401, 403, 503)  # every /users route: no key, a read key on a write, MongoDB down
-WRITE_ERRORS = (400, 405, 413, 415, 422, *KEYED)
-
-
-def answers(success: tuple[int, object], *errors: int, headers: Any = None) -> docs.Answers:
-    return docs.Answers(success, tuple(sorted(set(errors))), headers, ERRORS)
-
-
 @service.get("/health")
-@docs.documented(docs.operation("The process is up", answers((200, docs.Ref(Health)))))
 def health() -> Response:
     return json_response({"status": "ok"})
 
 
 @service.get("/ready")
-@docs.documented(docs.operation("MongoDB answers", answers((200, docs.Ref(Health)), 503)))
 def ready() -> Response:
     store().ping()
     return json_response({"status": "ok"})
 
 
 @bp.post("/users")
-@docs.documented(
-    docs.operation(
-        "Create one user or a batch",
-        answers(
-            (201, docs.one_or_many(User, docs.Setting("max_batch"))),
-            *WRITE_ERRORS,
-            409,
-            headers=SINGLE_ETAG,
-        ),
-        body=docs.one_or_many(UserIn, docs.Setting("max_batch")),
-        body_examples={"one": ("One user", ADA), "batch": ("A batch", [TURING, HOPPER])},
-        description=BATCH_RULES,
-        security=WRITE,
-    )
-)
 def post_users() -> Response:
     items, single = read_batch(settings().max_batch)
     created = write(create_users, items, single=single)
@@ -1276,35 +935,6 @@ def post_users() -> Response:
 
 
 @bp.patch("/users")
-@docs.documented(
-    docs.operation(
-        "Edit one user or a batch, by id; an item with a version applies only to the user "
-        "at that version",
-        answers(
-            (200, docs.one_or_many(User, docs.Setting("max_batch"))),
-            *WRITE_ERRORS,
-            404,
-            409,
-            412,
-            headers=SINGLE_ETAG,
-        ),
-        body=docs.one_or_many(UserEdit, docs.Setting("max_batch")),
-        body_examples={
-            "one": ("One user", {"id": ADA_ID, "name": "Ada King"}),
-            "batch": (
-                "A batch",
-                [
-                    {"id": ADA_ID, "email": "ada.king@example.com"},
-                    {"id": TURING_ID, "username": "turing"},
-                ],
-            ),
-        },
-        description=docs.Text(
-            BATCH_RULES.template + " Each item names the user by id; only the fields sent change."
-        ),
-        security=WRITE,
-    )
-)
 def patch_users() -> Response:
     items, single = read_batch(settings().max_batch)
     edited = write(edit_users, items, single=single)
@@ -1314,41 +944,17 @@ def patch_users() -> Response:
 
 
 @bp.get("/users")
-@docs.documented(
-    docs.operation(
-        "List users",
-        answers((200, docs.Ref(UserPage)), 400, *KEYED),
-        parameters=docs.query_parameters(PageQuery),
-        security=READ,
-    )
-)
 def list_users() -> Response:
     return page_of({}, parse_query(PageQuery))
 
 
 @bp.get("/users/search")
-@docs.documented(
-    docs.operation(
-        "Users whose name, email or username contains q",
-        answers((200, docs.Ref(UserPage)), 400, *KEYED),
-        parameters=docs.query_parameters(SearchQuery),
-        security=READ,
-    )
-)
 def search_users() -> Response:
     query = parse_query(SearchQuery)
     return page_of(contains_text(query.q), query)
 
 
 @bp.get("/users/<userid:user_id>")
-@docs.documented(
-    docs.operation(
-        "One user",
-        docs.Answers((200, docs.Ref(User)), (404, *KEYED), ETAG, ERRORS, {304: {"headers": ETAG}}),
-        parameters=[USER_ID, IF_NONE_MATCH],
-        security=READ,
-    )
-)
 def get_user(user_id: str) -> Response:
     doc = store().get(user_id)
     if doc is None:
@@ -1366,17 +972,6 @@ NOT_IN_BODY = {"id": "the id is taken from the path", "version": "send the versi
 
 
 @bp.patch("/users/<userid:user_id>")
-@docs.documented(
-    docs.operation(
-        "Edit one user",
-        answers((200, docs.Ref(User)), *WRITE_ERRORS, 404, 409, 412, headers=ETAG),
-        body=docs.Ref(UserChanges),
-        body_examples={"name": ("A new name", {"name": "Ada King"})},
-        parameters=[USER_ID, IF_MATCH],
-        description="Only the fields sent change; the email stays unique.",
-        security=WRITE,
-    )
-)
 def patch_user(user_id: str) -> Response:
     body = read_json_body()
     if not isinstance(body, dict):
@@ -1395,14 +990,6 @@ def patch_user(user_id: str) -> Response:
 
 
 @bp.delete("/users/<userid:user_id>")
-@docs.documented(
-    docs.operation(
-        "Delete one user",
-        answers((204, None), 404, 412, *KEYED),
-        parameters=[USER_ID, IF_MATCH],
-        security=WRITE,
-    )
-)
 def delete_user(user_id: str) -> Response:
     remove_user(store(), user_id, accepted_versions(request.if_match))
     return no_content()
@@ -1413,40 +1000,10 @@ def delete_user(user_id: str) -> Response:
 # --------------------------------------------------------------------------------------
 
 
-def problem_response(
-    status: int, detail: str, errors: list[ProblemItem], headers: Mapping[str, str] | None = None
-) -> Response:
-    problem = Problem(
-        type=PROBLEM_TYPE,
-        title=reason_phrase(status),
-        status=status,
-        detail=detail,
-        errors=errors,
-    )
-    response = json_response(problem.model_dump(mode="json"), status)
-    response.mimetype = "application/problem+json"
-    response.headers.update(headers or {})
-    return response
-
-
-def handle_api_error(exc: ApiError) -> Response:
-    return problem_response(exc.status, exc.detail, exc.errors, exc.headers)
-
-
-def handle_http_exception(exc: HTTPException) -> Response:
-    status = exc.code or HTTPStatus.INTERNAL_SERVER_ERROR
-    allow = {k: v for k, v in exc.get_headers() if k == "Allow"}
-    response = problem_response(status, exc.description or reason_phrase(status), [], allow)
-    if status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
-        # The body was not read: the connection cannot carry another request after it.
-        response.headers["Connection"] = "close"
-    return response
-
-
 def database_unavailable(
     detail: str = "the database cannot be reached; try again shortly",
 ) -> Response:
-    return problem_response(HTTPStatus.SERVICE_UNAVAILABLE, detail, [], RETRY_AFTER)
+    return problem_response(HTTPStatus.SERVICE_UNAVAILABLE, detail, headers=RETRY_AFTER)
 
 
 def handle_database_error(exc: PyMongoError) -> Response:
@@ -1463,13 +1020,7 @@ def handle_database_error(exc: PyMongoError) -> Response:
         log.error("MongoDB refused the credentials (code %s)", exc.code)
         return database_unavailable()
     telemetry.record_database_error(type(exc).__name__)
-    return handle_unexpected(exc)
-
-
-def handle_unexpected(exc: Exception) -> Response:
-    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
-    detail = "the server could not answer this request"
-    return problem_response(HTTPStatus.INTERNAL_SERVER_ERROR, detail, [])
+    return problems.handle_unexpected(exc)
 
 
 # --------------------------------------------------------------------------------------
@@ -1497,26 +1048,16 @@ def no_sniffing(response: Response) -> Response:
     return response
 
 
-BEARER_SCHEME = {
-    "bearerAuth": {
-        "type": "http",
-        "scheme": "bearer",
-        "description": "An API key, sent as Authorization: Bearer KEY. Its scope is read "
-        "(GET) or write (everything, POST, PATCH and DELETE included).",
-    }
-}
-
-
-def openapi_document(app: Flask) -> docs.Document:
-    app_settings: Settings = app.extensions["usersapi.settings"]
-    max_batch = app_settings.max_batch
-    return docs.openapi_document(
-        app,
-        {"title": "Users API", "version": app_settings.usersapi_version},
-        docs.Problems(Problem, "application/problem+json", reason_phrase),
-        BEARER_SCHEME,
-        {"max_batch": max_batch, "too_many": max_batch + 1},
-    )
+MODELS = docs.ApiModels(
+    new_user=UserIn,
+    changes=UserChanges,
+    edit=UserEdit,
+    user=User,
+    page=UserPage,
+    page_query=PageQuery,
+    search_query=SearchQuery,
+    health=Health,
+)
 
 
 def create_app(config: Settings | None = None) -> Flask:
@@ -1525,7 +1066,7 @@ def create_app(config: Settings | None = None) -> Flask:
     if not settings.api_keys and not settings.in_memory:
         raise ConfigError(
             "no API key: set API_KEYS_FILE to a file of key lines, NAME SCOPE sha256:HEX "
-            "(`python3 usersapi_auth.py new NAME write` makes a key and its line; "
+            "(`python usersapi_auth.py new NAME write` makes a key and its line; "
             "stack/swarm.sh secrets does it for the stack)"
         )
     telemetry.configure_logging(settings.log_level, settings.log_format)
@@ -1540,55 +1081,11 @@ def create_app(config: Settings | None = None) -> Flask:
     app.url_map.converters["userid"] = UserIdConverter
     app.register_blueprint(bp)
     app.register_blueprint(service)
-    app.register_error_handler(ApiError, handle_api_error)
-    app.register_error_handler(HTTPException, handle_http_exception)
+    problems.init_app(app)
     app.register_error_handler(PyMongoError, handle_database_error)
-    app.register_error_handler(Exception, handle_unexpected)
-    docs.init_app(app, openapi_document)  # last: it documents the routes registered above
+    facts = docs.ApiFacts(settings.usersapi_version, settings.max_batch, FIELD_RULES)
+    docs.init_app(app, MODELS, facts)
     # One reverse proxy (nginx) stands in front in production.
     app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)  # type: ignore[method-assign]
     log.info("usersapi ready: %s", settings.describe())
     return app
-
-
-DEV_KEY_FILE = Path(".usersapi-dev-key")
-
-
-def development_key() -> str:
-    """The development server's write key, in DEV_KEY_FILE (made once, readable by its
-    owner only), so that the README's curl examples can read it."""
-    if not DEV_KEY_FILE.exists():
-        DEV_KEY_FILE.touch(mode=0o600)
-        DEV_KEY_FILE.write_text(auth.new_key() + "\n", encoding="utf-8")
-    return DEV_KEY_FILE.read_text(encoding="utf-8").strip()
-
-
-def main() -> None:
-    """Development server on port 8000 (PORT); an in-memory store and a key of its own
-    when nothing is set, and readable text logs unless LOG_FORMAT says otherwise."""
-    os.environ.setdefault("LOG_FORMAT", "text")
-    notes = []
-    if not any(name.startswith("MONGO_") for name in os.environ):
-        os.environ["MONGO_URI"] = IN_MEMORY_URI
-        notes += [
-            "No MongoDB configuration: using an IN-MEMORY store (mongomock).",
-            "Data is lost on exit. Set MONGO_URI, or MONGO_HOST, MONGO_USER, MONGO_PASSWORD.",
-        ]
-    no_keys = not {"API_KEYS", "API_KEYS_FILE"} & set(os.environ)
-    if os.environ.get("MONGO_URI") == IN_MEMORY_URI and no_keys:
-        key = development_key()
-        os.environ["API_KEYS"] = auth.key_line("dev", "write", key)
-        notes += [f"API key (write), also in {DEV_KEY_FILE}: {key}"]
-    if notes:
-        banner = "!" * 78
-        lines = "\n".join(f"  {note}" for note in notes)
-        print(f"{banner}\n{lines}\n{banner}", file=sys.stderr)
-    try:
-        app = create_app()
-    except ConfigError as exc:
-        sys.exit(f"usersapi: {exc}")
-    app.run(host=os.environ.get("HOST", "127.0.0.1"), port=int(os.environ.get("PORT", "8000")))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""API keys of the users API: the key file, new keys, and the check of a presented key.
+"""API keys of the users API: the key file, new keys, and the check of each request's key.
 
 A key file holds one key per line, ``NAME SCOPE sha256:HEX``: a name (1 to 64 of A-Z a-z 0-9
 . _ -, unique in the file), a scope (``read``, or ``write``, which includes read) and the
@@ -6,22 +6,29 @@ SHA-256 of the key's UTF-8 text as 64 lower-case hex digits. Blank lines and lin
 with ``#`` are ignored. The file holds no key itself, so a leaked file opens nothing. A
 request presents its key as ``Authorization: Bearer KEY``.
 
-The standard library only: stack/swarm.sh runs this file to make and check keys.
+``require_key()`` is the first thing every /users request meets. As a command (in the
+image too: ``docker run --rm IMAGE python usersapi_auth.py new NAME write``):
 
-    python3 usersapi_auth.py new NAME read|write   a new key: its line, then the key itself
-    python3 usersapi_auth.py check FILE            exit 0 if FILE is a valid key file
+    python usersapi_auth.py new NAME read|write   a new key: its line, then the key itself
+    python usersapi_auth.py check FILE            exit 0 if FILE is a valid key file
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from flask import g, request
+
+from usersapi_problems import ApiError
+from usersapi_telemetry import record_refusal
 
 # A recognisable prefix, so secret scanners and people can tell a leaked key for what it is.
 KEY_PREFIX = "usersapi_"
@@ -33,6 +40,28 @@ DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]{1,512}=*")
 
 Refusal = Literal["missing", "invalid", "insufficient_scope"]
+
+
+@dataclass(frozen=True)
+class RefusalAnswer:
+    """How a refusal is answered: the status, the problem's detail and, as RFC 6750 asks,
+    the WWW-Authenticate challenge (an error code only once a token was presented)."""
+
+    status: int
+    detail: str
+    challenge: str
+
+
+REALM = 'Bearer realm="usersapi"'
+REFUSALS: dict[Refusal, RefusalAnswer] = {
+    "missing": RefusalAnswer(401, "send an API key: Authorization: Bearer KEY", REALM),
+    "invalid": RefusalAnswer(401, "the API key is not valid", f'{REALM}, error="invalid_token"'),
+    "insufficient_scope": RefusalAnswer(
+        403,
+        "this API key may only read: writing needs a key with the write scope",
+        f'{REALM}, error="insufficient_scope", scope="write"',
+    ),
+}
 
 
 class KeyFileError(ValueError):
@@ -137,8 +166,30 @@ def check(authorization: str | None, keys: tuple[ApiKey, ...], *, write: bool) -
     return Outcome(found)
 
 
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+log = logging.getLogger("usersapi")
+
+
+def require_key(keys: tuple[ApiKey, ...]) -> None:
+    """Refuse the current request unless it presents one of KEYS whose scope allows its
+    method (GET and HEAD read; POST, PUT, PATCH and DELETE write). Called before anything
+    else happens to the request: nothing is parsed or asked of MongoDB for a caller
+    without such a key. The access line names the key (g.api_key_name), never the key."""
+    outcome = check(
+        request.headers.get("Authorization"), keys, write=request.method in WRITE_METHODS
+    )
+    g.api_key_name = outcome.key.name if outcome.key else None
+    if outcome.refusal is None:
+        return
+    answer = REFUSALS[outcome.refusal]
+    record_refusal(outcome.refusal)
+    reason = outcome.refusal.replace("_", " ")
+    log.warning("refused %s %s: %s key", request.method, request.path, reason)
+    raise ApiError(answer.status, answer.detail, headers={"WWW-Authenticate": answer.challenge})
+
+
 def main(argv: list[str]) -> int:
-    usage = "usage: usersapi_auth.py new NAME read|write | check FILE"
+    usage = "usage: python usersapi_auth.py new NAME read|write | check FILE"
     try:
         match argv:
             case ["new", name, scope]:
