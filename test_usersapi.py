@@ -6,11 +6,15 @@ end-to-end run (tox -e e2e) exercises the same code against a MongoDB server in 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import http.client
 import json
 import os
 import re
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -30,7 +34,7 @@ import schemathesis
 from flask import Flask, request
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
-from pymongo.errors import OperationFailure
+from pymongo.errors import ConnectionFailure, OperationFailure
 from werkzeug.test import TestResponse
 
 import usersapi
@@ -252,6 +256,49 @@ def test_passwords_stay_out_of_logs_and_reprs(caplog: pytest.LogCaptureFixture) 
     assert secret not in other.describe()
 
 
+def test_the_client_gets_the_credentials_source_and_pool_size() -> None:
+    settings = Settings(
+        mongo_uri="mongodb://db.invalid:27017/",
+        mongo_user="app",
+        mongo_password="pw",
+        mongo_auth_source="usersdb",
+        mongo_pool_size=7,
+        mongo_timeout_ms=1234,
+        api_keys=TEST_KEYS,
+    )
+    client = usersapi.make_client(settings)
+    try:
+        options = client.options
+        credentials = options.pool_options._credentials
+        assert credentials is not None
+        assert (credentials.username, credentials.source) == ("app", "usersdb")
+        assert options.pool_options.max_pool_size == 7
+        assert options.pool_options.connect_timeout == 1.234
+        assert options.server_selection_timeout == 1.234
+    finally:
+        client.close()
+
+
+def test_the_email_index_is_made_again_after_a_failure(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    collection_class = type(store_of(app).client()["usersdb"]["users"])
+    real = collection_class.create_index
+    failures = iter([ConnectionFailure("MongoDB went away")])
+
+    def fails_once(self: Any, *args: Any, **kwargs: Any) -> Any:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(collection_class, "create_index", fails_once)
+    assert_problem(client.get("/users"), 503)  # the index could not be made: not remembered
+    assert client.get("/users").status_code == 200
+    index = store_of(app).client()["usersdb"]["users"].index_information()["email_unique"]
+    assert index["unique"] is True
+
+
 def test_the_in_memory_uri_needs_no_server() -> None:
     settings = Settings.from_env({"MONGO_URI": "mongomock://"})
     assert settings.in_memory
@@ -264,31 +311,324 @@ def test_the_in_memory_store_needs_mongomock_installed(monkeypatch: pytest.Monke
         Settings.from_env({"MONGO_URI": "mongomock://"})
 
 
-def test_the_dev_server_falls_back_to_memory_and_says_so(tmp_path: Path) -> None:
+def run_devserver(cwd: Path) -> tuple[str, str]:
+    """Start devserver.py in CWD with no MongoDB setting and no key; the key it printed and
+    the rest of what it wrote, once the key was used to list the users."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MONGO_", "API_KEYS"))}
     env["PORT"] = str(port)
-    server = subprocess.Popen(  # noqa: S603 - this interpreter and a file of the project
-        [sys.executable, str(Path(__file__).parent / "devserver.py")],
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,  # where it keeps its key
-    )
+    log = cwd / "devserver.log"
+    with log.open("w") as stderr:
+        server = subprocess.Popen(  # noqa: S603 - this interpreter and a file of the project
+            [sys.executable, str(HERE / "devserver.py")], env=env, stderr=stderr, cwd=cwd
+        )
     try:
-        body = b""
-        for _ in range(100):
+        deadline = time.monotonic() + 60
+        while "API key (write)" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        key = re.search(r"API key \(write\), also in \.usersapi-dev-key: (\S+)", log.read_text())
+        assert key is not None, log.read_text()
+        url = f"http://127.0.0.1:{port}/users"
+        while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
-                    body = r.read()
+                request = urllib.request.Request(url, headers=bearer(key[1]))
+                with urllib.request.urlopen(request, timeout=2) as answer:  # noqa: S310
+                    assert json.loads(answer.read())["total"] == 0
                 break
-            except OSError:
+            except OSError:  # not listening yet
+                assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.1)
-        assert json.loads(body) == {"status": "ok"}
     finally:
         server.terminate()
-        _, stderr = server.communicate(timeout=10)
+        server.wait(timeout=10)
+    return key[1], log.read_text()
+
+
+def test_the_dev_server_falls_back_to_memory_and_a_key_of_its_own(tmp_path: Path) -> None:
+    key, stderr = run_devserver(tmp_path)
     assert "IN-MEMORY store" in stderr
+    assert stderr.count(key) == 1  # printed once, and in no log line
+    kept = tmp_path / ".usersapi-dev-key"
+    assert kept.read_text(encoding="utf-8") == key + "\n"
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    assert re.fullmatch(r"usersapi_[A-Za-z0-9_-]{43}", key)
+    assert run_devserver(tmp_path)[0] == key  # the next start keeps it
+
+
+# --------------------------------------------------------------------------------------
+# Access control: API keys
+# --------------------------------------------------------------------------------------
+
+USERS_ROUTES = [
+    ("GET", "/users"),
+    ("GET", "/users/search?q=a"),
+    ("GET", "/users/0123456789abcdef01234567"),
+    ("HEAD", "/users"),
+    ("POST", "/users"),
+    ("PATCH", "/users"),
+    ("PATCH", "/users/0123456789abcdef01234567"),
+    ("DELETE", "/users/0123456789abcdef01234567"),
+]
+WRITES = [(method, path) for method, path in USERS_ROUTES if method not in ("GET", "HEAD")]
+REALM = 'Bearer realm="usersapi"'
+
+
+def refused(response: TestResponse, status: int, challenge: str) -> None:
+    assert response.headers["WWW-Authenticate"] == challenge
+    if response.request.method != "HEAD":
+        assert_problem(response, status)
+    assert response.status_code == status
+
+
+@pytest.mark.parametrize(("method", "path"), USERS_ROUTES)
+def test_every_users_route_needs_a_key(anonymous: FlaskClient, method: str, path: str) -> None:
+    response = anonymous.open(path, method=method, json=a_user(1))
+    refused(response, 401, REALM)
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        "Basic dXNlcjpwYXNz",  # another scheme: no key was presented (RFC 6750: no error code)
+        "usersapi_abc",  # a key without the scheme
+        "",
+    ],
+)
+def test_no_key_or_another_scheme_is_401_without_an_error_code(
+    anonymous: FlaskClient, authorization: str
+) -> None:
+    refused(anonymous.get("/users", headers={"Authorization": authorization}), 401, REALM)
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        f"Bearer {WRITE_KEY}x",  # one character more
+        f"Bearer {WRITE_KEY[:-1]}",  # one character less: a right prefix is not enough
+        f"Bearer {usersapi_auth.new_key()}",  # well formed, but nobody's
+        "Bearer",  # the scheme without a token
+        "Bearer two words",
+        "Bearer (not-a-token)",
+        f"Bearer {'a' * 600}",
+        f"Bearer {usersapi_auth.digest_of(WRITE_KEY).hex()}",  # the digest is not the key
+    ],
+)
+def test_a_malformed_or_unknown_key_is_401_invalid_token(
+    anonymous: FlaskClient, authorization: str
+) -> None:
+    response = anonymous.get("/users", headers={"Authorization": authorization})
+    refused(response, 401, f'{REALM}, error="invalid_token"')
+    assert json_of(response)["detail"] == "the API key is not valid"
+
+
+def test_the_scheme_is_case_insensitive(anonymous: FlaskClient) -> None:
+    assert (
+        anonymous.get("/users", headers={"Authorization": f"bearer {READ_KEY}"}).status_code == 200
+    )
+
+
+@pytest.mark.parametrize(("method", "path"), USERS_ROUTES)
+def test_a_read_key_reads_and_cannot_write(app: Flask, method: str, path: str) -> None:
+    response = keyed(app, READ_KEY).open(path, method=method, json=a_user(1))
+    if (method, path) in WRITES:
+        challenge = f'{REALM}, error="insufficient_scope", scope="write"'
+        refused(response, 403, challenge)
+        assert "may only read" in json_of(response)["detail"]
+    else:
+        assert response.status_code in (200, 404)  # the id names nobody
+        assert "WWW-Authenticate" not in response.headers
+    assert store_of(app).users().count_documents({}) == 0
+
+
+@pytest.mark.parametrize(("method", "path"), WRITES)
+def test_the_key_is_checked_before_the_body(
+    anonymous: FlaskClient, app: Flask, method: str, path: str
+) -> None:
+    for body in ("{not json", "[]", '{"name": 1}'):
+        response = anonymous.open(path, method=method, data=body, content_type="application/json")
+        refused(response, 401, REALM)  # not 400 or 422: nothing is read for a stranger
+        response = keyed(app, READ_KEY).open(
+            path, method=method, data=body, content_type="application/json"
+        )
+        assert response.status_code == 403
+
+
+def test_the_key_is_checked_before_mongodb_is_asked_anything(
+    app: Flask, anonymous: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_database(_self: UserStore) -> None:
+        raise AssertionError("MongoDB was asked")
+
+    monkeypatch.setattr(UserStore, "client", no_database)
+    for method, path in USERS_ROUTES:
+        assert anonymous.open(path, method=method, json=a_user(1)).status_code == 401
+    for method, path in WRITES:
+        assert keyed(app, READ_KEY).open(path, method=method, json=a_user(1)).status_code == 403
+
+
+def test_every_configured_digest_is_compared_whichever_key_matches(
+    anonymous: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compared: list[bytes] = []
+    real = hmac.compare_digest
+
+    def counted(a: bytes, b: bytes) -> bool:
+        compared.append(b)
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", counted)
+    for key in (WRITE_KEY, READ_KEY, WRITE_KEY[:-1], usersapi_auth.new_key()):
+        compared.clear()
+        anonymous.get("/users", headers=bearer(key))
+        assert compared == [key.digest for key in TEST_KEYS]  # all of them, in constant time
+
+
+def test_open_routes_need_no_key(anonymous: FlaskClient) -> None:
+    for path in ("/health", "/ready", "/openapi.json", "/docs", "/docs/swagger-ui.css"):
+        assert anonymous.get(path).status_code == 200, path
+    assert anonymous.get("/").status_code == 302
+    assert anonymous.get("/metrics").status_code == 200
+
+
+def test_refusals_are_logged_at_warning_and_counted_by_reason(
+    app: Flask, anonymous: FlaskClient, json_logs: Callable[[], list[Json]]
+) -> None:
+    anonymous.get("/users")
+    anonymous.get("/users", headers=bearer(WRITE_KEY + "x"))
+    keyed(app, READ_KEY).delete("/users/0123456789abcdef01234567")
+    lines = json_logs()
+    warnings = [line["message"] for line in lines if line["level"] == "WARNING"]
+    assert warnings == [
+        "refused GET /users: missing key",
+        "refused GET /users: invalid key",
+        "refused DELETE /users/0123456789abcdef01234567: insufficient scope key",
+    ]
+    assert [line["key"] for line in access_lines(lines)] == [None, None, "reader"]
+    text = anonymous.get("/metrics").get_data(as_text=True)
+    for reason in ("missing", "invalid", "insufficient_scope"):
+        assert metric(text, "usersapi_auth_refusals_total", reason=reason) == 1
+
+
+def test_users_answers_are_never_cached_and_no_answer_is_sniffed(
+    client: FlaskClient, anonymous: FlaskClient
+) -> None:
+    created = client.post("/users", json=a_user(1))
+    for response in (created, client.get("/users"), anonymous.get("/users")):
+        assert response.headers["Cache-Control"] == "no-store"
+    for response in (created, anonymous.get("/health"), anonymous.get("/nowhere")):
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert "Cache-Control" not in anonymous.get("/health").headers
+
+
+def test_openapi_declares_the_bearer_scheme_and_each_operations_scope(
+    anonymous: FlaskClient,
+) -> None:
+    doc = json_of(anonymous.get("/openapi.json"))
+    assert doc["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    for path, item in doc["paths"].items():
+        for method, operation in item.items():
+            if not path.startswith("/users"):
+                assert "security" not in operation, (method, path)
+                continue
+            scope = "read" if method == "get" else "write"
+            assert operation["security"] == [{"bearerAuth": [scope]}], (method, path)
+            assert {"401", "403"} <= set(operation["responses"]), (method, path)
+
+
+def test_openapi_refusal_examples_are_what_the_api_answers(
+    app: Flask, anonymous: FlaskClient
+) -> None:
+    doc = json_of(anonymous.get("/openapi.json"))
+    responses = doc["paths"]["/users"]["post"]["responses"]
+    unauthorized = examples_of(responses["401"]["content"]["application/problem+json"])
+    forbidden = examples_of(responses["403"]["content"]["application/problem+json"])
+    assert anonymous.post("/users", json=a_user(1)).json == unauthorized["missing"]
+    assert (
+        anonymous.post("/users", json=a_user(1), headers=bearer("x")).json
+        == (unauthorized["invalid"])
+    )
+    assert keyed(app, READ_KEY).post("/users", json=a_user(1)).json == forbidden["read"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("admin write", "line 1: expected NAME SCOPE sha256:HEX, found 2 fields"),
+        ("# keys\n\nad min write sha256:" + "0" * 64, "line 3: expected NAME SCOPE sha256:HEX"),
+        ("a/b read sha256:" + "0" * 64, "line 1: the name must be 1 to 64 letters"),
+        ("x" * 65 + " read sha256:" + "0" * 64, "line 1: the name must be 1 to 64"),
+        ("admin admin sha256:" + "0" * 64, "line 1: key admin: the scope must be read or write"),
+        ("admin write sha256:" + "0" * 63, "line 1: key admin: the third field must be sha256:"),
+        ("admin write sha256:" + "A" * 64, "line 1: key admin: the third field must be sha256:"),
+        ("admin write " + "0" * 64, "line 1: key admin: the third field must be sha256:"),
+        (
+            "a read sha256:"
+            + "0" * 64
+            + "\nb read sha256:"
+            + "1" * 64
+            + "\na write sha256:"
+            + "2" * 64,
+            "line 3: the name a is already on line 1",
+        ),
+    ],
+)
+def test_a_malformed_key_file_stops_the_app_naming_the_line(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Settings.from_env({"MONGO_HOST": "db", "API_KEYS": text})
+
+
+def test_a_key_pasted_into_the_file_is_never_repeated_in_the_error() -> None:
+    key = usersapi_auth.new_key()
+    with pytest.raises(ConfigError) as refused_file:
+        Settings.from_env({"MONGO_HOST": "db", "API_KEYS": f"admin write {key}"})
+    assert key not in str(refused_file.value)
+
+
+def test_keys_come_from_api_keys_file_or_api_keys_not_both(tmp_path: Path) -> None:
+    path = tmp_path / "api_keys"
+    path.write_text(f"# the stack's keys\n{KEY_LINES}\n\n", encoding="utf-8")
+    settings = Settings.from_env({"MONGO_HOST": "db", "API_KEYS_FILE": str(path)})
+    assert [key.name for key in settings.api_keys] == ["writer", "reader"]
+    assert [key.scope for key in settings.api_keys] == ["write", "read"]
+    with pytest.raises(ConfigError, match="set API_KEYS or API_KEYS_FILE, not both"):
+        Settings.from_env({"MONGO_HOST": "db", "API_KEYS_FILE": str(path), "API_KEYS": "x"})
+    assert WRITE_KEY not in repr(settings)
+    assert "sha256" not in repr(settings)
+
+
+def test_without_a_key_the_app_refuses_a_real_mongodb() -> None:
+    with pytest.raises(ConfigError, match="no API key: set API_KEYS_FILE") as refusal:
+        create_app(Settings.from_env({"MONGO_HOST": "db"}))
+    assert "usersapi_auth.py new NAME write" in str(refusal.value)
+
+
+def test_keys_the_project_makes_are_long_random_and_recognisable() -> None:
+    keys = {usersapi_auth.new_key() for _ in range(100)}
+    assert len(keys) == 100
+    for key in keys:
+        assert re.fullmatch(r"usersapi_[A-Za-z0-9_-]{43}", key)  # 32 bytes, URL-safe base64
+    line = usersapi_auth.key_line("ci", "read", WRITE_KEY)
+    assert line == f"ci read sha256:{hashlib.sha256(WRITE_KEY.encode()).hexdigest()}"
+
+
+def test_the_key_command_makes_a_key_and_checks_a_file(tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "usersapi_auth.py", *args]
+        return subprocess.run(command, cwd=HERE, capture_output=True, text=True, check=False)  # noqa: S603
+
+    made = run("new", "ci", "read")
+    assert made.returncode == 0, made.stderr
+    line, key = made.stdout.splitlines()
+    assert usersapi_auth.parse_keys(line)[0].digest == usersapi_auth.digest_of(key)
+    (tmp_path / "keys").write_text(line + "\n", encoding="utf-8")
+    assert run("check", str(tmp_path / "keys")).stdout.endswith("1 keys: ci\n")
+    (tmp_path / "bad").write_text(f"ci read {key}\n", encoding="utf-8")
+    bad = run("check", str(tmp_path / "bad"))
+    assert bad.returncode == 1
+    assert "line 1" in bad.stderr
+    assert key not in bad.stderr + bad.stdout
+    assert run("new", "bad name", "read").returncode == 1
+    assert run("nonsense").returncode == 2
 
 
 # --------------------------------------------------------------------------------------
@@ -603,6 +943,41 @@ def test_a_body_over_the_size_limit_is_413() -> None:
     assert user_count(client) == 0
 
 
+def test_a_keep_alive_connection_outlives_a_body_the_api_would_not_read(
+    tmp_path: Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MONGO_", "LOG_"))}
+    env.update(MONGO_URI="mongomock://", API_KEYS=KEY_LINES)
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "metrics")
+    port = free_port()
+    server = start_gunicorn(port, env, tmp_path / "gunicorn.log", "--workers", "1")
+    try:
+        wait_until_up(port)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        json_type = {"Content-Type": "application/json"}
+        big = json.dumps([a_user(n, name="x" * 90) for n in range(11_000)])  # about 2 MB
+        half = big[: len(big) // 4]  # within MAX_CONTENT_LENGTH, far beyond gunicorn's 64 KiB
+        for body, headers, status in [
+            (big, {**bearer(WRITE_KEY), **json_type}, 413),  # too large: never parsed
+            (half, json_type, 401),  # no key: never read
+            (half, {**bearer(READ_KEY), **json_type}, 403),
+        ]:
+            connection.request("POST", "/users", body, headers)
+            response = connection.getresponse()
+            assert response.status == status
+            assert response.getheader("Connection") == "keep-alive"
+            response.read()
+            sock = connection.sock
+            # The next request on the same connection is answered.
+            connection.request("GET", "/users?limit=1", headers=bearer(READ_KEY))
+            assert connection.getresponse().read()
+            assert connection.sock is sock
+        connection.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def test_a_batch_over_max_batch_is_413() -> None:
     client = keyed(create_app(in_memory(max_batch=3)))
     assert_problem(client.post("/users", json=[a_user(n) for n in range(4)]), 413)
@@ -886,6 +1261,27 @@ def test_batch_edit_rejects_repeated_ids_and_emails(client: FlaskClient) -> None
         (1, "email"),
     }
     assert listed(client) == [first, second]
+
+
+def test_one_user_named_twice_in_two_letter_cases_is_422_at_once(
+    client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = create(client, a_user(1))
+    attempts: list[int] = []
+    once = usersapi.edit_users_once
+
+    def counted(*args: Any) -> Any:
+        attempts.append(1)
+        return once(*args)
+
+    monkeypatch.setattr(usersapi, "edit_users_once", counted)
+    twice = [{"id": user["id"], "name": "a"}, {"id": user["id"].upper(), "name": "b"}]
+    errors = assert_problem(client.patch("/users", json=twice), 422)
+    assert errors == [
+        {"index": 1, "field": "id", "message": f"id {user['id']} is repeated in the batch (item 0)"}
+    ]
+    assert len(attempts) == 1  # refused as it is, not retried as a race it can never win
+    assert json_of(client.get(f"/users/{user['id']}"))["version"] == 1
 
 
 def test_an_edit_race_caught_by_the_index_reverts_the_batch(
@@ -1788,6 +2184,45 @@ def test_no_secret_reaches_any_log_line(json_logs: Callable[[], list[Json]]) -> 
     assert [line["key"] for line in access_lines(lines)] == ["writer", "reader", None, None]
 
 
+def test_no_request_body_reaches_the_logs(
+    client: FlaskClient, json_logs: Callable[[], list[Json]]
+) -> None:
+    created = create(client, [a_user(1, name="Body Name"), a_user(2)])
+    client.patch("/users", json=[{"id": created[0]["id"], "email": "edited@example.com"}])
+    client.post("/users", json=[a_user(3, email="bad")])  # a refusal names fields, not values
+    client.get("/users/search?q=secret-search-term")
+    logged = json.dumps(json_logs())
+    for value in ("user1@example.com", "Body Name", "edited@example.com", "secret-search-term"):
+        assert value not in logged
+
+
+def test_log_level_warning_drops_the_access_lines(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG")
+    app = create_app(in_memory(log_level="WARNING"))
+    keyed(app).get("/users")
+    assert_problem(keyed(app, "nope").get("/users"), 401)
+    records = [(r.name, r.levelname) for r in caplog.records]
+    assert ("usersapi.access", "INFO") not in records
+    assert ("usersapi", "WARNING") in records
+    keyed(create_app(in_memory(log_level="INFO"))).get("/users")
+    assert ("usersapi.access", "INFO") in [(r.name, r.levelname) for r in caplog.records]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT must be one of json, text, got 'xml'"),
+    ],
+)
+def test_a_bad_log_setting_is_a_configuration_error(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Settings.from_env({"MONGO_URI": "mongomock://", **env})
+    assert Settings.from_env({"MONGO_URI": "mongomock://", "LOG_LEVEL": "warning"}).log_level == (
+        "WARNING"
+    )
+
+
 def test_text_logs_for_the_development_server(caplog: pytest.LogCaptureFixture) -> None:
     assert Settings.from_env({"MONGO_URI": "mongomock://"}).log_format == "json"
     settings = Settings.from_env({"MONGO_URI": "mongomock://", "LOG_FORMAT": "text"})
@@ -1914,11 +2349,22 @@ def test_metrics_are_summed_over_two_gunicorn_workers(tmp_path: Path) -> None:
         assert status == 200
         labels = {"method": "GET", "route": "/health", "status": "200"}
         assert metric(text, "usersapi_http_requests_total", **labels) == sent
-        # A worker that dies keeps its share: the counters never go back.
-        os.kill(int(min(worker_pids_with_metrics(metrics_dir))), signal.SIGKILL)
+        assert metric(text, "usersapi_workers") == 2
+        # A worker that dies keeps its share: the counters never go back. Once gunicorn has
+        # replaced it, the workers serving are two again, not three (child_exit).
+        killed = min(worker_pids_with_metrics(metrics_dir))
+        os.kill(int(killed), signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            get(port, "/metrics")  # the new worker counts itself when it has made its app
+            live = {path.stem.rsplit("_", 1)[1] for path in metrics_dir.glob("gauge_livesum_*")}
+            if killed not in live and len(live) == 2:
+                break
+            time.sleep(0.2)
         status, text = get(port, "/metrics")
         assert status == 200
-        assert metric(text, "usersapi_http_requests_total", **labels) == sent
+        assert metric(text, "usersapi_http_requests_total", **labels) >= sent
+        assert metric(text, "usersapi_workers") == 2
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -1930,8 +2376,9 @@ def test_metrics_are_summed_over_two_gunicorn_workers(tmp_path: Path) -> None:
     assert len(booted) >= 2  # a third once the killed worker is replaced
     assert {line["logger"] for line in booted} == {"gunicorn.error"}
     accessed = access_lines(lines)
-    assert len(accessed) == sent + 2  # and the scrapes
-    assert {line["route"] for line in accessed} == {"/health", "/metrics"}
+    routes = [line["route"] for line in accessed]
+    assert routes.count("/health") == sent
+    assert set(routes) == {"/health", "/metrics"}
 
 
 def test_gunicorn_refuses_a_bad_setting_before_it_starts(tmp_path: Path) -> None:

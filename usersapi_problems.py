@@ -9,14 +9,17 @@ unexpected in the same shape. ``usersapi.create_app()`` wires this in.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Iterable, Mapping
 from http import HTTPStatus
+from typing import IO
 
 from flask import Flask, Response, current_app, request
 from pydantic import BaseModel
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
+from werkzeug.wsgi import LimitedStream
 
 PROBLEM_TYPE = "about:blank"
 # The headers an error of Flask's own carries that its problem document keeps.
@@ -106,10 +109,28 @@ def handle_api_error(exc: ApiError) -> Response:
 def handle_http_exception(exc: HTTPException) -> Response:
     status = exc.code or HTTPStatus.INTERNAL_SERVER_ERROR
     kept = {name: value for name, value in exc.get_headers() if name in KEPT_HEADERS}
-    response = problem_response(status, exc.description or reason_phrase(status), [], kept)
-    if status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
-        # The body was not read: the connection cannot carry another request after it.
-        response.headers["Connection"] = "close"
+    return problem_response(status, exc.description or reason_phrase(status), [], kept)
+
+
+# A body the API does not read (a refusal, a body too large) is read and dropped up to this
+# size before the answer goes, so a keep-alive connection can carry the client's next
+# request: gunicorn drops only 64 KiB of it by itself and then resets the connection, after
+# its answer said "keep-alive" (and it ignores an application's Connection header).
+DRAIN_LIMIT = 8 * 1024 * 1024
+
+
+def drain_unread_body(response: Response) -> Response:
+    length = request.content_length
+    if not length or length > DRAIN_LIMIT:
+        return response
+    stream: IO[bytes] | LimitedStream
+    try:
+        stream = request.stream  # what the request read of it, if anything, is gone
+    except RequestEntityTooLarge:  # refused before a byte was read
+        stream = LimitedStream(request.environ["wsgi.input"], length)
+    with contextlib.suppress(ClientDisconnected):
+        while stream.read(65536):
+            pass
     return response
 
 
@@ -121,7 +142,9 @@ def handle_unexpected(exc: Exception) -> Response:
 
 def init_app(app: Flask) -> None:
     """Answer ApiError, Flask's own errors and anything unexpected as problem documents
-    (error handlers registered later for more specific exceptions win over these)."""
+    (error handlers registered later for more specific exceptions win over these), and read
+    what a request sent that its answer did not need."""
+    app.after_request(drain_unread_body)
     app.register_error_handler(ApiError, handle_api_error)
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(Exception, handle_unexpected)
