@@ -8,6 +8,7 @@ chromium). Playwright never downloads a browser of its own here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -24,10 +25,16 @@ from urllib.error import URLError
 from urllib.parse import urlsplit
 
 import pytest
-from browser_check import CHROMIUM, CHROMIUM_ARGS, origin_of
+from browser_check import CHROMIUM, CHROMIUM_ARGS, authorize, origin_of
 from playwright.sync_api import Browser, ConsoleMessage, Locator, Page, Request, sync_playwright
 
 Json = Any
+# The keys the page is given: one that may write, one that may only read.
+WRITE_KEY, READ_KEY = "usersapi_browser-test-write-key", "usersapi_browser-test-read-key"
+KEYS = "\n".join(
+    f"{name} {name} sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+    for name, key in (("write", WRITE_KEY), ("read", READ_KEY))
+)
 # Every Content-Security-Policy violation of the page, as the browser reports it.
 RECORD_CSP_VIOLATIONS = """
 window.cspViolations = [];
@@ -60,7 +67,7 @@ def wait_until_up(url: str, process: subprocess.Popen[bytes], timeout: float = 3
 def base_url() -> Iterator[str]:
     """The API under gunicorn, one worker (the in-memory store lives in its process)."""
     port = free_port()
-    env = {**os.environ, "MONGO_URI": "mongomock://", "LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "MONGO_URI": "mongomock://", "LOG_LEVEL": "WARNING", "API_KEYS": KEYS}
     env.pop("GUNICORN_CMD_ARGS", None)
     command = [sys.executable, "-m", "gunicorn", "--workers=1", f"--bind=127.0.0.1:{port}"]
     process = subprocess.Popen(  # noqa: S603 (fixed arguments)
@@ -150,6 +157,7 @@ def docs(browser: Browser, base_url: str) -> Iterator[Docs]:
     page.on("request", on_request)
     page.goto("/docs")
     page.locator(".opblock").first.wait_for()
+    authorize(page, WRITE_KEY)
     yield seen
     context.close()
 
@@ -272,3 +280,30 @@ def test_a_bad_field_shows_422(docs: Docs) -> None:
 def test_the_deployed_check_tells_other_origins_apart(url: str, foreign: bool) -> None:
     assert (origin_of(url) != origin_of("https://localhost:443")) is foreign
     assert (origin_of(url) != origin_of("https://localhost")) is foreign
+
+
+def test_authorize_gives_the_page_a_key_and_without_one_it_gets_401(
+    browser: Browser, base_url: str
+) -> None:
+    context = browser.new_context(base_url=base_url)
+    page = context.new_page()
+    page.goto("/docs")
+    page.locator(".opblock").first.wait_for()
+    docs = Docs(page)
+    search = docs.operation("get_users_search")
+    search.fill("q", "anyone")
+    status, problem = search.execute()
+    assert status == 401
+    assert problem["detail"] == "send an API key: Authorization: Bearer KEY"
+    # The padlocks say which operations need a key; Authorize with a read key.
+    assert page.locator(".opblock .authorization__btn").count() == 7
+    authorize(page, READ_KEY)
+    status, found = search.execute()
+    assert status == 200
+    assert found["total"] == 0
+    create = docs.operation("post_users")
+    create.body(new_user())
+    status, problem = create.execute()
+    assert status == 403
+    assert problem["title"] == "Forbidden"
+    context.close()

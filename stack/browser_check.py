@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Open the API's interactive documentation in the system's Chromium, run a search from the
-page's own controls, and check that every request the page made stayed on its origin.
+"""Open the API's interactive documentation in the system's Chromium, authorize with an API
+key and run a search from the page's own controls, and check that every request the page
+made stayed on its origin.
 
-  browser_check.py [--insecure] [--query TEXT] [--expect-id ID] BASE_URL
+  browser_check.py --key-file FILE [--insecure] [--query TEXT] [--expect-id ID] BASE_URL
 
 Prints one line (what the page showed, how many requests went where) and exits 0 when the
 search answered 200 on the page, found ID if given, and no request left BASE_URL's origin;
@@ -20,6 +21,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -71,12 +73,23 @@ def origin_of(url: str) -> tuple[str, str, int | None]:
     return parts.scheme, parts.hostname or "", parts.port or DEFAULT_PORTS.get(parts.scheme)
 
 
-def search_from_docs(page: Page, base_url: str, query: str) -> DocsSearch:
-    """On BASE_URL/docs: open GET /users/search, "Try it out", type QUERY, "Execute"."""
+def authorize(page: Page, key: str) -> None:
+    """Give KEY to the page as a person does: "Authorize", the key in the bearer scheme's
+    field, "Authorize", "Close". Every request "Try it out" sends then carries it."""
+    page.locator("button.authorize").first.click()
+    page.locator("#auth-bearer-value").fill(key)
+    page.get_by_role("button", name="Apply credentials").click()
+    page.locator(".modal-ux .btn-done").click()
+
+
+def search_from_docs(page: Page, base_url: str, query: str, key: str) -> DocsSearch:
+    """On BASE_URL/docs: "Authorize" with KEY, open GET /users/search, "Try it out", type
+    QUERY, "Execute"."""
     requests: list[str] = []
     page.on("request", lambda request: requests.append(request.url))
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(f"{base_url}/docs")
+    authorize(page, key)
     block = page.locator("#operations-default-get_users_search")
     block.locator(".opblock-summary").click()
     block.get_by_role("button", name="Try it out").click()
@@ -113,12 +126,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--query", default="example", help="what to search for")
     parser.add_argument("--expect-id", default="", help="a user id the search must find")
     parser.add_argument("--insecure", action="store_true", help="accept a self-signed cert")
+    parser.add_argument(
+        "--key-file", type=Path, required=True, help="a file holding an API key that may read"
+    )
     args = parser.parse_args(argv)
     base_url = args.base_url.rstrip("/")
     try:
+        key = args.key_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        parser.error(f"--key-file: {exc.strerror}: {args.key_file}")
+    try:
         with chromium() as browser:
             context = browser.new_context(ignore_https_errors=args.insecure)
-            seen = search_from_docs(context.new_page(), base_url, args.query)
+            seen = search_from_docs(context.new_page(), base_url, args.query, key)
             context.close()
     except Error as exc:
         print(f"{base_url}/docs: {str(exc).splitlines()[0]}")

@@ -7,13 +7,14 @@
       line keeps what a terminal would show last, long lines wrap, and a block longer than
       --max-lines keeps its head and tail around a marked gap. X.txt gets the full text.
 
-  evidence_render.py url --out X.png --txt X.txt --title T --url URL [--insecure]
+  evidence_render.py url --out X.png --txt X.txt --title T --url URL [--insecure] [--key-file F]
       A screenshot of URL under a caption with each request of the navigation (the redirect
       chain, from response.request.redirected_from) and its status line. --expect-status,
       --expect-scheme, --expect-redirect and --expect-text make it exit 1 (after writing
       both files) when the page is not what was expected.
 
-  evidence_render.py docs --out X.png --txt X.txt --title T --url BASE --query Q [--insecure]
+  evidence_render.py docs --out X.png --txt X.txt --title T --url BASE --query Q --key-file F
+      [--insecure]
       BASE/docs with a search run from the page (browser_check.py), its 200 shown, and every
       request the page made; exit 1 if the search failed or a request left BASE's origin.
 
@@ -155,7 +156,9 @@ def cmd_url(args: argparse.Namespace) -> int:
     out, when, found = Path(args.out), now_utc(), []
     with chromium() as browser:
         context = browser.new_context(
-            ignore_https_errors=args.insecure, viewport={"width": 1100, "height": 300}
+            ignore_https_errors=args.insecure,
+            viewport={"width": 1100, "height": 300},
+            extra_http_headers=key_header(args.key_file),
         )
         page = context.new_page()
         try:
@@ -196,6 +199,16 @@ def cmd_url(args: argparse.Namespace) -> int:
     return 1 if found else 0
 
 
+def read_key(path: Path | None) -> str:
+    return "" if path is None else path.read_text(encoding="utf-8").strip()
+
+
+def key_header(path: Path | None) -> dict[str, str]:
+    """The Authorization header of the API key in PATH (a file, so the key is on no command
+    line and in no picture); none without one."""
+    return {} if path is None else {"Authorization": f"Bearer {read_key(path)}"}
+
+
 # --- docs -------------------------------------------------------------------------------------
 def cmd_docs(args: argparse.Namespace) -> int:
     out, when, base = Path(args.out), now_utc(), args.url.rstrip("/")
@@ -203,7 +216,7 @@ def cmd_docs(args: argparse.Namespace) -> int:
         context = browser.new_context(
             ignore_https_errors=args.insecure, viewport={"width": 1100, "height": 900}
         )
-        seen = search_from_docs(context.new_page(), base, args.query)
+        seen = search_from_docs(context.new_page(), base, args.query, read_key(args.key_file))
         found = problems(seen, base, "")
         live = seen.block.locator(".live-responses-table").bounding_box()
         bottom = live["y"] + live["height"] + 4 if live else 900
@@ -271,6 +284,7 @@ def parser() -> argparse.ArgumentParser:
     for s in (u, d):
         s.add_argument("--url", required=True)
         s.add_argument("--insecure", action="store_true", help="accept a self-signed certificate")
+        s.add_argument("--key-file", type=Path, help="a file holding the API key to send")
     for name in ("check", "browser-version"):
         sub.add_parser(name).set_defaults(func=cmd_browser_version)
     return p
