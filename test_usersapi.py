@@ -344,6 +344,7 @@ def run_devserver(cwd: Path) -> tuple[str, str]:
     return key[1], log.read_text()
 
 
+@pytest.mark.process
 def test_the_dev_server_falls_back_to_memory_and_a_key_of_its_own(tmp_path: Path) -> None:
     key, stderr = run_devserver(tmp_path)
     assert "IN-MEMORY store" in stderr
@@ -611,6 +612,7 @@ def test_keys_the_project_makes_are_long_random_and_recognisable() -> None:
     assert line == f"ci read sha256:{hashlib.sha256(WRITE_KEY.encode()).hexdigest()}"
 
 
+@pytest.mark.process
 def test_the_key_command_makes_a_key_and_checks_a_file(tmp_path: Path) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "usersapi_auth.py", *args]
@@ -943,6 +945,7 @@ def test_a_body_over_the_size_limit_is_413() -> None:
     assert user_count(client) == 0
 
 
+@pytest.mark.process
 def test_a_keep_alive_connection_outlives_a_body_the_api_would_not_read(
     tmp_path: Path,
 ) -> None:
@@ -2325,6 +2328,7 @@ def worker_pids_with_metrics(metrics_dir: Path) -> set[str]:
     return {path.stem.rsplit("_", 1)[1] for path in metrics_dir.glob("counter_*.db")}
 
 
+@pytest.mark.process
 def test_metrics_are_summed_over_two_gunicorn_workers(tmp_path: Path) -> None:
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
@@ -2381,6 +2385,7 @@ def test_metrics_are_summed_over_two_gunicorn_workers(tmp_path: Path) -> None:
     assert set(routes) == {"/health", "/metrics"}
 
 
+@pytest.mark.process
 def test_gunicorn_refuses_a_bad_setting_before_it_starts(tmp_path: Path) -> None:
     env = {**os.environ, "MONGO_URI": "mongomock://", "GUNICORN_THREADS": "many"}
     env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "metrics")
