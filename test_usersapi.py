@@ -31,6 +31,7 @@ from typing import Any
 import bson
 import pytest
 import schemathesis
+import werkzeug.http
 from flask import Flask, request
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -273,6 +274,9 @@ def test_the_client_gets_the_credentials_source_and_pool_size() -> None:
         assert credentials is not None
         assert (credentials.username, credentials.source) == ("app", "usersdb")
         assert options.pool_options.max_pool_size == 7
+        assert options.pool_options.max_idle_time_seconds == 300
+        assert options.pool_options.metadata["application"] == {"name": "usersapi"}
+        assert options.codec_options.tz_aware is True
         assert options.pool_options.connect_timeout == 1.234
         assert options.server_selection_timeout == 1.234
     finally:
@@ -297,6 +301,15 @@ def test_the_email_index_is_made_again_after_a_failure(
     assert client.get("/users").status_code == 200
     index = store_of(app).client()["usersdb"]["users"].index_information()["email_unique"]
     assert index["unique"] is True
+
+
+def test_the_settings_describe_themselves_in_one_line_without_secrets() -> None:
+    env = {"MONGO_URI": "mongodb://app:pw@db:1/", "MONGO_USER": "app", "API_KEYS": KEY_LINES}
+    assert Settings.from_env(env).describe() == (
+        "MongoDB mongodb://app:***@db:1/ as app, database usersdb; 2 API keys (writer, reader)"
+    )
+    memory = Settings.from_env({"MONGO_URI": "mongomock://"}).describe()
+    assert memory == "MongoDB in-memory store (mongomock), database usersdb; 0 API keys ()"
 
 
 def test_the_in_memory_uri_needs_no_server() -> None:
@@ -1077,8 +1090,14 @@ def test_the_default_page_is_50_and_the_largest_500(client: FlaskClient) -> None
     ["limit=0", "limit=501", "limit=abc", "limit=1.5", "offset=-1", "offset=x", "offset=1e99"],
 )
 def test_bad_pagination_is_400(client: FlaskClient, query: str) -> None:
-    assert_problem(client.get(f"/users?{query}"), 400)
-    assert_problem(client.get(f"/users/search?q=a&{query}"), 400)
+    field = query.split("=", maxsplit=1)[0]
+    rule = {
+        "limit": "use a whole number from 1 to 500",
+        "offset": "use a whole number from 0 to 2147483647",
+    }[field]
+    for path in (f"/users?{query}", f"/users/search?q=a&{query}"):
+        errors = assert_problem(client.get(path), 400)
+        assert errors == [{"index": None, "field": field, "message": rule}]
 
 
 # --------------------------------------------------------------------------------------
@@ -1138,7 +1157,8 @@ def test_search_paginates(client: FlaskClient) -> None:
 @pytest.mark.parametrize("query", ["", "?q=", "?q=%20%20", "?q=%00", "?q=" + "x" * 201])
 def test_search_needs_some_text(client: FlaskClient, query: str) -> None:
     errors = assert_problem(client.get(f"/users/search{query}"), 400)
-    assert fields_in(errors) == {(None, "q")}
+    expected = "required" if not query else "use 1 to 200 characters, not only spaces"
+    assert errors == [{"index": None, "field": "q", "message": expected}]
 
 
 # --------------------------------------------------------------------------------------
@@ -1148,6 +1168,7 @@ def test_search_needs_some_text(client: FlaskClient, query: str) -> None:
 
 def test_edit_one_user(client: FlaskClient) -> None:
     user = create(client, a_user(1))
+    time.sleep(0.002)  # timestamps are in milliseconds
     response = client.patch(f"/users/{user['id']}", json={"name": " New Name ", "email": "N@x.io"})
     assert response.status_code == 200
     edited = response.json
@@ -1156,7 +1177,7 @@ def test_edit_one_user(client: FlaskClient) -> None:
     assert edited["email"] == "n@x.io"
     assert edited["username"] == user["username"]
     assert edited["created_at"] == user["created_at"]
-    assert edited["updated_at"] >= user["updated_at"]
+    assert edited["updated_at"] > user["updated_at"]  # (a: the user was made a moment ago)
     assert client.get(f"/users/{user['id']}").json == edited
 
 
@@ -1288,7 +1309,7 @@ def test_one_user_named_twice_in_two_letter_cases_is_422_at_once(
 
 
 def test_an_edit_race_caught_by_the_index_reverts_the_batch(
-    client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     users = create(client, [a_user(n) for n in range(3)])
     monkeypatch.setattr(UserStore, "owners_of", lambda _self, _emails: {})
@@ -1298,6 +1319,7 @@ def test_an_edit_race_caught_by_the_index_reverts_the_batch(
     ]
     assert fields_in(assert_problem(client.patch("/users", json=edits), 409)) == {(1, "email")}
     assert listed(client) == users
+    assert store_of(app).users().count_documents({"write_id": {"$exists": True}}) == 0
 
 
 # --------------------------------------------------------------------------------------
@@ -1345,6 +1367,7 @@ def test_problem_titles_are_rfc_9110_reason_phrases() -> None:
         (a_user(1, username="a b"), "username", "use 3 to 30 letters, digits, '.', '_' or '-'"),
         (a_user(1, username=7), "username", "use 3 to 30 letters, digits, '.', '_' or '-'"),
         (a_user(1, name=""), "name", "use 1 to 100 characters, not only spaces"),
+        (a_user(1, name="x" * 101), "name", "use 1 to 100 characters, not only spaces"),
         (a_user(1, email=["x"]), "email", "use an email address, such as ada@example.com"),
         (a_user(1, role="admin"), "role", "not a field of a user"),
         ({"name": "x", "username": "xyz"}, "email", "required"),
@@ -1356,6 +1379,55 @@ def test_validation_messages_are_written_for_people(
 ) -> None:
     errors = assert_problem(client.post("/users", json=body), 422)
     assert [(error["field"], error["message"]) for error in errors] == [(field, message)]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "detail"),
+    [
+        ("GET", "/users?limit=0", None, "invalid query parameters"),
+        ("POST", "/users", "{", "the body is not valid JSON"),
+        ("POST", "/users", "[]", "send one user object or a non-empty array of them"),
+        ("POST", "/users", "7", "send one user object or a non-empty array of them"),
+        ("PATCH", "/users", [{"id": "0" * 24, "name": "x"}], "some users do not exist"),
+        ("PATCH", "/users/" + "0" * 24, {}, "some users are invalid"),
+        ("PATCH", "/users/" + "0" * 24, [], "send the fields to change as a JSON object"),
+        ("DELETE", "/users/" + "0" * 24, None, "the user does not exist"),
+    ],
+)
+def test_each_refusal_says_what_went_wrong(
+    client: FlaskClient, method: str, path: str, body: Json, detail: str
+) -> None:
+    data = body if isinstance(body, str) else json.dumps(body)
+    response = client.open(path, method=method, data=data, content_type="application/json")
+    assert json_of(response)["detail"] == detail
+
+
+def test_refusals_of_versions_and_races_say_what_went_wrong(
+    client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = create(client, a_user(1))
+    path = f"/users/{user['id']}"
+    stale = client.delete(path, headers={"If-Match": etag(7)})
+    assert json_of(stale)["detail"] == "the user has changed"
+    stale = client.patch("/users", json=[{"id": user["id"], "version": 7, "name": "x"}])
+    assert json_of(stale)["detail"] == "some users have changed since the version given"
+    taken = client.patch("/users", json=[{"id": user["id"], "email": "a@x.io"}, {"id": user["id"]}])
+    assert json_of(taken)["detail"] == "some users are invalid"
+    monkeypatch.setattr(UserStore, "owners_of", lambda _self, _emails: {})
+    other = create(client, a_user(2))
+    race = client.post("/users", json=a_user(3, email=other["email"]))
+    assert json_of(race)["detail"] == "an email is already in use"
+    assert json_of(race)["errors"][0]["message"] == (
+        f"email {other['email']} was taken by a concurrent request"
+    )
+
+
+def test_versions_beyond_what_mongodb_holds_match_nothing() -> None:
+    etags = werkzeug.http.parse_etags
+    assert usersapi.accepted_versions(etags('"999999999999999999"')) == {10**18 - 1}
+    assert usersapi.accepted_versions(etags('"9999999999999999999"')) == frozenset()  # > 2**63
+    assert usersapi.accepted_versions(etags('"1", W/"2", "x", ""')) == {1}
+    assert usersapi.accepted_versions(etags("*")) is None
 
 
 def test_no_message_shows_a_pattern_or_a_model_name(client: FlaskClient) -> None:
@@ -1778,7 +1850,21 @@ def test_refused_credentials_are_503_without_the_password(
     monkeypatch.setattr(UserStore, "users", refuse)
     response = client.get("/users")
     assert_problem(response, 503)
-    assert "refused the credentials" in caplog.text
+    assert "MongoDB refused the credentials (code 18)" in caplog.text
+    text = client.get("/metrics").get_data(as_text=True)
+    assert metric(text, "usersapi_mongodb_errors_total", kind="credentials_refused") == 1
+
+
+def test_any_other_mongodb_failure_is_500_counted_by_its_name(
+    client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail(_self: UserStore) -> None:
+        raise OperationFailure("Sort exceeded memory limit", code=292)
+
+    monkeypatch.setattr(UserStore, "users", fail)
+    assert_problem(client.get("/users"), 500)
+    text = client.get("/metrics").get_data(as_text=True)
+    assert metric(text, "usersapi_mongodb_errors_total", kind="OperationFailure") == 1
 
 
 # --------------------------------------------------------------------------------------
@@ -2002,6 +2088,24 @@ def test_the_lock_is_read_at_most_once_per_poll_interval(
     assert client.get("/users").status_code == 200  # within the interval: not read again
     time.sleep(0.35)
     assert client.get("/users").status_code == 503
+
+
+@pytest.mark.usefixtures("fresh_lock_reads")
+def test_the_index_is_ensured_once_while_no_restore_runs(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    collection_class = type(store_of(app).client()["usersdb"]["users"])
+    made: list[str] = []
+    real = collection_class.create_index
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        made.append(self.name)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(collection_class, "create_index", counted)
+    for _ in range(3):  # the lock is read for each of them
+        assert client.get("/users").status_code == 200
+    assert made == ["users"]
 
 
 @pytest.mark.usefixtures("fresh_lock_reads")
@@ -2268,6 +2372,11 @@ def test_metrics_count_requests_by_route_template_and_status(app: Flask) -> None
     assert metric(text, count, method="GET", route=by_id) == 4
     assert metric(text, "usersapi_batch_size_count", operation="create") == 1
     assert metric(text, "usersapi_batch_size_sum", operation="create") == 3
+    client.patch(f"/users/{users[0]['id']}", json={"name": "x"})  # not a batch: not counted
+    client.patch("/users", json={"id": users[0]["id"], "name": "y"})  # a batch of one
+    text = client.get("/metrics").get_data(as_text=True)
+    assert metric(text, "usersapi_batch_size_count", operation="edit") == 1
+    assert metric(text, "usersapi_batch_size_sum", operation="edit") == 1
 
 
 def test_metrics_count_database_errors_by_kind(unreachable_db: FlaskClient) -> None:
