@@ -165,12 +165,14 @@ def start_gunicorn(
 
 
 def call(port: int, method: str, path: str, body: object = None) -> tuple[int, Any]:
+    """One request on a connection of its own, which the server closes after its answer:
+    nginx's requests upstream say "Connection: close" (HTTP/1.0, its default)."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
     try:
         payload = None if body is None else json.dumps(body)
-        headers = (
-            AUTHORIZATION if body is None else {**AUTHORIZATION, "Content-Type": "application/json"}
-        )
+        headers = {**AUTHORIZATION, "Connection": "close"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
         connection.request(method, path, payload, headers)
         response = connection.getresponse()
         data = response.read()
