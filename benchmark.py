@@ -140,7 +140,11 @@ def start_gunicorn(
     """gunicorn with the project's gunicorn.conf.py, as the image runs it, or, with
     CONFIG_DIR (an empty directory to start in), with gunicorn's defaults and OPTIONS
     alone; with ENV, its variables are set and the server's output is discarded."""
-    settings = {"MONGO_URI": mongo_uri, "LOG_LEVEL": "WARNING"} if env is None else env
+    settings = (
+        {"MONGO_URI": mongo_uri, "LOG_LEVEL": "WARNING", "API_KEYS": API_KEYS}
+        if env is None
+        else env
+    )
     if config_dir is None:
         where, config = HERE, ["--config", "gunicorn.conf.py"]
     else:
@@ -321,11 +325,14 @@ def workers_compared(mongo_uri: str) -> None:
 
 def round_trips() -> None:
     """Database calls one batch makes, counted in process on the in-memory store."""
-    settings = usersapi.Settings(mongo_uri=usersapi.IN_MEMORY_URI, log_level="WARNING")
+    settings = usersapi.Settings.from_env(
+        {"MONGO_URI": usersapi.IN_MEMORY_URI, "LOG_LEVEL": "WARNING", "API_KEYS": API_KEYS}
+    )
     app = usersapi.create_app(settings)
     store: usersapi.UserStore = app.extensions["usersapi.store"]
     counter = wrap_collection(store)
     client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = AUTHORIZATION["Authorization"]
     created = client.post("/users", json=users(BATCH_SIZE)).json or []
     print(f"round trips, create of {BATCH_SIZE} users   {len(counter.calls):>4}  {counter.calls}")
     counter.calls.clear()
@@ -719,7 +726,8 @@ def main() -> None:
     if unknown:
         sys.exit(f"usage: benchmark.py [{' | '.join(SECTIONS)}]...; unknown: {sorted(unknown)}")
     mongo_uri = os.environ.get("BENCH_MONGO_URI", usersapi.IN_MEMORY_URI)
-    print(f"usersapi benchmark: gunicorn, {usersapi.Settings(mongo_uri=mongo_uri).describe()}")
+    store = usersapi.Settings(mongo_uri=mongo_uri).describe().split(";")[0]
+    print(f"usersapi benchmark: gunicorn, {store}")
     if "throughput" in sections:
         throughput(mongo_uri)
     if "workers" in sections:
