@@ -4,8 +4,8 @@ by default, so `gunicorn` alone serves the app (the container image names it exp
 Command-line options and GUNICORN_CMD_ARGS still win over these values. Read from the
 environment:
 
-    WEB_CONCURRENCY            worker processes                        default 2
-    GUNICORN_THREADS           threads per worker (gthread)            default 4
+    WEB_CONCURRENCY            worker processes                        default 1
+    GUNICORN_THREADS           threads per worker (gthread)            default 16
     MONGO_POOL_SIZE            MongoDB connections per worker          default: the threads
     PROMETHEUS_MULTIPROC_DIR   where workers write their metrics       default: a new
                                temporary directory, removed on exit
@@ -14,6 +14,7 @@ environment:
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -45,12 +46,14 @@ wsgi_app = "usersapi:create_app()"
 bind = ["0.0.0.0:8000"]
 
 # Threaded workers: a request waiting on MongoDB holds one thread, not the whole worker.
-# The defaults fit the api service's 0.5 CPU limit: the GIL keeps each worker to about one
-# core of Python, two workers keep a task serving while one restarts, and four threads each
-# overlap database waits (8 requests in flight per task).
+# The defaults fit the api service's 0.5 CPU limit: the GIL keeps a worker to at most one
+# core of Python, so a second worker buys no CPU, and it costs some: two processes taking
+# turns find their code gone from the caches (measured, a tenth to a quarter more CPU per
+# request; docs/developing.md). Sixteen threads overlap as many database waits. The
+# service's replicas, not a second worker, keep it answering while a worker restarts.
 worker_class = "gthread"
-workers = env_int("WEB_CONCURRENCY", 2)
-threads = env_int("GUNICORN_THREADS", 4)
+workers = env_int("WEB_CONCURRENCY", 1)
+threads = env_int("GUNICORN_THREADS", 16)
 # One MongoDB connection per thread: no thread ever waits for a connection of its own pool.
 os.environ.setdefault("MONGO_POOL_SIZE", str(threads))
 
@@ -75,7 +78,21 @@ if CREATED_METRICS_DIR:
 # --- Logs: the app writes one JSON line per request, so gunicorn's access log is off; its
 # error log goes to stderr through the app's formatter, in the same format.
 # Imported only now, after PROMETHEUS_MULTIPROC_DIR is set above.
+from gunicorn.glogging import Logger  # type: ignore[import-untyped]  # noqa: E402
+
 from usersapi_telemetry import LOG_FORMATS, LOG_LEVELS  # noqa: E402
+
+
+class AppWritesTheAccessLine(Logger):  # type: ignore[misc]
+    """gunicorn's logger without its access log. With logconfig_dict set, gunicorn builds
+    every request's access-log fields even though no handler writes them (about 18 µs a
+    request, measured); the app writes the access line itself."""
+
+    def access(self, *_request: Any) -> None:
+        return
+
+
+logger_class = AppWritesTheAccessLine
 
 LOG_FORMAT = env_choice("LOG_FORMAT", LOG_FORMATS, "json")
 loglevel = env_choice("LOG_LEVEL", LOG_LEVELS, "INFO").lower()
@@ -100,6 +117,13 @@ logconfig_dict: dict[str, Any] = {
         "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": False},
     },
 }
+# Log records without the caller's file and line, the thread and the process: no formatter
+# here prints them, and finding them is much of what a record costs (the logging HOWTO's
+# "Optimization"). Set in the arbiter, so every worker it forks has them so.
+logging._srcfile = None
+logging.logThreads = False
+logging.logProcesses = False
+logging.logMultiprocessing = False
 
 
 def metrics_dir() -> Path:

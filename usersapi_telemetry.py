@@ -14,7 +14,7 @@ import os
 import re
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Self, get_args
 
@@ -167,6 +167,10 @@ class Metrics:
     batch_sizes: Histogram
     refusals: Counter
     workers: Gauge
+    # The request counter and latency histogram of each method, route and status seen.
+    request_series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = field(
+        default_factory=dict
+    )
 
     @classmethod
     def create(cls) -> Self:
@@ -216,6 +220,19 @@ class Metrics:
         metrics.workers.set(1)
         return metrics
 
+    def series_of(self, method: str, route: str, status: int) -> tuple[Counter, Histogram]:
+        """The request counter and latency histogram of one method, route and status, looked
+        up once: labels() takes a lock and checks its arguments on every call. The keys are
+        few: known methods, the routes, the statuses the API answers."""
+        series = self.request_series.get((method, route, status))
+        if series is None:
+            series = (
+                self.requests.labels(method, route, str(status)),
+                self.latency.labels(method, route),
+            )
+            self.request_series[method, route, status] = series
+        return series
+
 
 def metrics() -> Metrics:
     app_metrics: Metrics = current_app.extensions["usersapi.metrics"]
@@ -225,9 +242,9 @@ def metrics() -> Metrics:
 def record_request(response: Response, route: str, seconds: float) -> None:
     # Any token is a method to werkzeug: unknown ones share a label to keep the series few.
     method = request.method if request.method in KNOWN_METHODS else "OTHER"
-    app_metrics = metrics()
-    app_metrics.requests.labels(method, route, str(response.status_code)).inc()
-    app_metrics.latency.labels(method, route).observe(seconds)
+    counter, histogram = metrics().series_of(method, route, response.status_code)
+    counter.inc()
+    histogram.observe(seconds)
 
 
 def record_database_error(kind: str) -> None:
