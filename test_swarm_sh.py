@@ -174,6 +174,11 @@ def task(
     }
 
 
+def ended_task(svc: dict[str, Any], state: str, err: str) -> dict[str, Any]:
+    """A task of the service's first slot, on the api node, that was rejected or failed."""
+    return task(svc, 1, state=state, desired="shutdown", node="node-3", err=err)
+
+
 NODES = [
     {
         "ID": "node-1",
@@ -640,13 +645,19 @@ def test_deploy_copies_nothing_and_goes_through_the_endpoint_only(sandbox: Path,
     assert not run.called(r"(^| )(cp|scp)( |$)|docker exec fake-")
 
 
+def deploy_from(sandbox: Path, before: Swarm | None, after: Swarm, **settings: str) -> Run:
+    """deploy, the swarm as BEFORE until `docker stack deploy` and as AFTER then."""
+    rules = deploy_rules(before, after)
+    return swarm(sandbox, "deploy", rules=rules, env={"REGISTRY": "registry.lab:5000", **settings})
+
+
+def steady_deploy(sandbox: Path) -> Run:
+    """deploy on a stack that runs and converges at once, its image in a registry."""
+    return deploy_from(sandbox, healthy_swarm(), healthy_swarm())
+
+
 def test_deploy_without_version_keeps_the_running_image(sandbox: Path) -> None:
-    run = swarm(
-        sandbox,
-        "deploy",
-        rules=deploy_rules(healthy_swarm(), healthy_swarm()),
-        REGISTRY="registry.lab:5000",
-    )
+    run = steady_deploy(sandbox)
     assert run.rc == 0, run.stderr
     assert deployed(run, "API_IMAGE") == IMAGE
     assert f"api: {IMAGE} (unchanged)" in run.stdout + run.stderr
@@ -654,13 +665,7 @@ def test_deploy_without_version_keeps_the_running_image(sandbox: Path) -> None:
 
 def test_deploy_with_a_version_says_what_changes(sandbox: Path) -> None:
     new = "registry.lab:5000/usersapi:1.1.0"
-    run = swarm(
-        sandbox,
-        "deploy",
-        rules=deploy_rules(healthy_swarm(), healthy_swarm(image=new)),
-        REGISTRY="registry.lab:5000",
-        VERSION="1.1.0",
-    )
+    run = deploy_from(sandbox, healthy_swarm(), healthy_swarm(image=new), VERSION="1.1.0")
     assert run.rc == 0, run.stderr
     assert deployed(run, "API_IMAGE") == new
     assert f"api: {IMAGE} -> {new}" in run.stdout + run.stderr
@@ -694,13 +699,7 @@ def test_deploy_refuses_an_image_missing_from_its_registry(sandbox: Path) -> Non
 
 
 def test_a_first_deploy_sets_the_users_once_mongo_runs(sandbox: Path) -> None:
-    run = swarm(
-        sandbox,
-        "deploy",
-        rules=deploy_rules(None, healthy_swarm()),
-        REGISTRY="registry.lab:5000",
-        VERSION="1.0.0",
-    )
+    run = deploy_from(sandbox, None, healthy_swarm(), VERSION="1.0.0")
     assert run.rc == 0, run.stderr
     assert deployed(run, "API_MONGO_USER") == "usersapi_a"
     users = run.index(r"exec -i cid123 python - users")
@@ -722,12 +721,7 @@ def test_a_first_deploy_sets_the_users_once_mongo_runs(sandbox: Path) -> None:
 
 
 def test_the_backup_users_password_reaches_a_secret_on_stdin_as_yaml(sandbox: Path) -> None:
-    run = swarm(
-        sandbox,
-        "deploy",
-        rules=deploy_rules(healthy_swarm(), healthy_swarm()),
-        REGISTRY="registry.lab:5000",
-    )
+    run = steady_deploy(sandbox)
     assert run.rc == 0, run.stderr
     created = run.matching(rf"secret create .* {BACKUP_SECRET} -$")
     assert len(created) == 1
@@ -798,12 +792,8 @@ def test_old_secret_and_config_versions_are_pruned_and_current_ones_kept(sandbox
             "stdout": f"{STACK}_nginx_conf_222222222222\n{NGINX_CONF}\n",
         },
     ]
-    run = swarm(
-        sandbox,
-        "deploy",
-        rules=deploy_rules(healthy_swarm(), healthy_swarm(), extra),
-        REGISTRY="registry.lab:5000",
-    )
+    rules = deploy_rules(healthy_swarm(), healthy_swarm(), extra)
+    run = swarm(sandbox, "deploy", rules=rules, REGISTRY="registry.lab:5000")
     assert run.rc == 0, run.stderr
     removed = {str(c["args"][-1]) for c in run.matching(r"(secret|config) rm ")}
     assert removed == {*old, f"{STACK}_nginx_conf_222222222222"}
@@ -812,24 +802,9 @@ def test_old_secret_and_config_versions_are_pruned_and_current_ones_kept(sandbox
 
 def test_deploy_ends_the_wait_with_a_failing_tasks_error(sandbox: Path) -> None:
     after = healthy_swarm()
-    after.tasks.append(
-        task(
-            after.api,
-            1,
-            state="rejected",
-            desired="shutdown",
-            node="node-3",
-            err=f"No such image: {IMAGE}",
-        )
-    )
+    after.tasks.append(ended_task(after.api, "rejected", f"No such image: {IMAGE}"))
     after.tasks = [t for t in after.tasks if not (t["ServiceID"] == "svc-api" and t["Slot"] == 2)]
-    run = swarm(
-        sandbox,
-        "deploy",
-        rules=deploy_rules(healthy_swarm(), after),
-        REGISTRY="registry.lab:5000",
-        WAIT_TIMEOUT="40",
-    )
+    run = deploy_from(sandbox, healthy_swarm(), after, WAIT_TIMEOUT="40")
     assert run.rc == 1
     assert f"FAILED: fake_api.1 on fake-worker2: Rejected: No such image: {IMAGE}" in run.stdout
     assert "converged" not in run.stdout
@@ -839,22 +814,11 @@ def test_a_rollback_ends_the_deploy_with_one_line_naming_image_and_cause(sandbox
     after = healthy_swarm()
     after.api["UpdateStatus"] = {"State": "rollback_completed", "Message": "update rolled back"}
     after.tasks.append(
-        task(
-            after.api,
-            1,
-            state="failed",
-            desired="shutdown",
-            node="node-3",
-            err="task: non-zero exit (143): dockerexec: unhealthy container",
+        ended_task(
+            after.api, "failed", "task: non-zero exit (143): dockerexec: unhealthy container"
         )
     )
-    run = swarm(
-        sandbox,
-        "deploy",
-        rules=deploy_rules(healthy_swarm(), after),
-        REGISTRY="registry.lab:5000",
-        VERSION="1.1.0",
-    )
+    run = deploy_from(sandbox, healthy_swarm(), after, VERSION="1.1.0")
     assert run.rc == 1
     rolled = [line for line in run.stdout.splitlines() if line.startswith("ROLLED BACK")]
     assert rolled == [
@@ -871,13 +835,7 @@ def test_a_task_of_the_old_spec_still_running_is_not_convergence(sandbox: Path) 
     after = healthy_swarm(image="registry.lab:5000/usersapi:1.1.0")
     old_spec = healthy_swarm().api["Spec"]["TaskTemplate"]
     after.tasks[1] = task(after.api, 2, node="node-3", spec=old_spec)
-    run = swarm(
-        sandbox,
-        "deploy",
-        rules=deploy_rules(healthy_swarm(), after),
-        REGISTRY="registry.lab:5000",
-        VERSION="1.1.0",
-    )
+    run = deploy_from(sandbox, healthy_swarm(), after, VERSION="1.1.0")
     assert run.rc == 1
     assert "fake_api 1/2" in run.stdout
     assert "not converged after 6 s" in run.stdout

@@ -210,8 +210,8 @@ def ingress_position(networks: str, mongo_address: str) -> list[str]:
             ok=bool(api) and not mongo,
         ),
         line(
-            f"{where}: a MongoDB hello to mongo's address {mongo_address}:{MONGO_PORT} gets no "
-            f"reply ({answer}), where the api's networks get one",
+            f"{where}: a MongoDB hello to mongo's address {mongo_address}:{MONGO_PORT} gets "
+            f"no MongoDB reply ({answer}), where the api's networks get one",
             ok=answer not in {"reply", "no address to try"},
         ),
     ]

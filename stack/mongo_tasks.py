@@ -70,7 +70,11 @@ def connect(user: str, password: str) -> MongoClient[Document]:
             client.admin.command("ping")
         except OperationFailure as exc:
             if exc.code in UNAUTHORIZED:
-                message = f"MongoDB refused {user}'s credentials on admin: {exc.details}"
+                message = (
+                    f"MongoDB refused {user}'s credentials on admin ({exc.code}): a root password "
+                    "is set when the database's volume is first initialised, and only that one "
+                    "logs in; SECRETS_DIR may hold another"
+                )
                 raise SystemExit(message) from None
             raise
         except PyMongoError:

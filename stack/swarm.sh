@@ -166,6 +166,11 @@ make_workdir() {  # make_workdir VAR: a private temporary directory, removed at 
   printf -v "$1" '%s' "$dir"
 }
 
+interrupted() {
+  printf '\nINTERRUPTED: stopped by a signal; what this run started is being removed, and nothing it was waiting for counts as done\n' >&2
+  exit 130
+}
+
 # --- the swarm's endpoint -------------------------------------------------------------------
 # bounded SECONDS CMD...: CMD, killed after SECONDS with the cause said. --foreground keeps
 # CMD in the terminal's process group, so Ctrl-C reaches it.
@@ -176,6 +181,8 @@ bounded() {
   if [ "$rc" -eq 124 ]; then
     printf 'ERROR: no answer within %s s: %s\n' "$seconds" "$(quote_cmd "$@")" >&2
   fi
+  # Ctrl-C reached the command (the shell may not have been told): stop as the trap does.
+  [ "$rc" -ne 130 ] || interrupted
   return "$rc"
 }
 
@@ -544,7 +551,7 @@ main() {
   fi
   check_settings
   trap run_deferred EXIT
-  trap 'printf "\nINTERRUPTED: stopped by a signal; what this run started is being removed, and nothing it was waiting for counts as done\n" >&2; exit 130' INT TERM
+  trap interrupted INT TERM
   local i
   for i in "${!steps[@]}"; do
     case ${steps[i]} in
