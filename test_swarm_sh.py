@@ -21,6 +21,7 @@ import http.server
 import json
 import os
 import re
+import socket
 import stat
 import subprocess
 import sys
@@ -1516,3 +1517,97 @@ def test_every_request_gets_its_headers_from_one_place(monkeypatch: pytest.Monke
     finally:
         server.shutdown()
     assert len(seen) == 2 + api_checks.RACERS  # the POST, 24 PATCHes, the DELETE
+
+
+# --- more refusals ------------------------------------------------------------------------------
+def test_all_on_ones_own_swarm_starts_at_labels(sandbox: Path) -> None:
+    rules: list[Rule] = [{"pattern": r"node ls --format", "rc": 1}, *endpoint_rules(OWN)]
+    run = swarm(sandbox, "all", rules=rules, env=own())
+    assert run.rc == 1
+    assert run.stdout.lstrip().startswith("==> labels:")
+    assert "cannot list the swarm's nodes" in run.stderr
+    assert not run.called(r"^run |^network create")
+
+
+def test_nodes_refuse_an_ingress_node_that_is_not_a_lab_node(sandbox: Path) -> None:
+    run = swarm(sandbox, "nodes", INGRESS_NODE="elsewhere")
+    assert run.rc == 1
+    assert "INGRESS_NODE=elsewhere is not a lab node" in run.stderr
+    assert run.calls == []
+
+
+def test_nodes_refuse_a_host_port_in_use(sandbox: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        rules: list[Rule] = [{"pattern": r"^inspect -f \{\{\.State\.Running\}\}", "rc": 1}]
+        run = swarm(sandbox, "nodes", rules=rules, HTTP_PORT=port, HTTPS_PORT="39443")
+    assert run.rc == 1
+    assert f"host port {port} is in use" in run.stderr
+    assert not run.called(r"^run |^network create")
+
+
+def test_nodes_refuse_a_manager_made_without_its_endpoint(sandbox: Path) -> None:
+    rules: list[Rule] = [
+        {"pattern": r"^inspect -f \{\{\.State\.Running\}\}", "stdout": "true\n"},
+        {
+            "pattern": r"^port fake-worker1$",
+            "stdout": "28080/tcp -> 0.0.0.0:28080\n28443/tcp -> 0.0.0.0:28443\n",
+        },
+        {
+            "pattern": r"^inspect -f \{\{range \.Config\.Env\}\}",
+            "stdout": "DOCKER_TLS_CERTDIR=/certs\n",
+        },
+    ]
+    run = swarm(sandbox, "nodes", rules=rules)
+    assert run.rc == 1
+    assert "made without an endpoint for this machine" in run.stderr
+    assert "swarm.sh down' then" in run.stderr
+    assert not run.called(r"^context (create|update)")
+
+
+@pytest.mark.parametrize(
+    ("file", "content", "message"),
+    [
+        ("mongo_backup_password", None, "run '"),
+        ("mongo_app_password", "two\nlines", "holds control characters"),
+    ],
+)
+def test_deploy_refuses_missing_or_garbled_secrets_before_anything(
+    sandbox: Path, file: str, content: str | None, message: str
+) -> None:
+    path = sandbox / "secrets" / file
+    if content is None:
+        path.unlink()
+    else:
+        path.write_text(content)
+    run = swarm(
+        sandbox,
+        "deploy",
+        rules=deploy_rules(healthy_swarm(), healthy_swarm()),
+        REGISTRY="registry.lab:5000",
+    )
+    assert run.rc == 1
+    assert message in run.stderr
+    assert not run.called(r"manifest|secret create|service create|stack deploy")
+
+
+def test_a_task_the_swarm_rejects_ends_the_step_with_its_cause(sandbox: Path) -> None:
+    rules: list[Rule] = [
+        {
+            "pattern": r"inspect --type task --format .* tsk1$",
+            "stdout": "rejected||No such image: mongo:8.0\n",
+        },
+        *backup_rules(sandbox / "x"),
+    ]
+    run = swarm(sandbox, "backup", str(sandbox / "b.gz"), rules=rules)
+    assert run.rc == 1
+    assert re.search(
+        r"task fake-tools-\w+ rejected before it ran: No such image: mongo:8\.0", run.stderr
+    )
+    made = {str(c["args"][c["args"].index("--name") + 1]) for c in run.matching(r"service create")}
+    removed = {str(c["args"][-1]) for c in run.matching(r"service rm ")}
+    assert made
+    assert made <= removed
+    assert not (sandbox / "b.gz").exists()
