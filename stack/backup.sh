@@ -10,10 +10,10 @@
 # Retry-After meanwhile, so no write it acknowledges is lost.
 #
 # Uses swarm.sh's settings (STACK_NAME, MONGO_DB, MONGO_BACKUP_USER, MONGO_ROOT_USER,
-# BACKUP_DIR, PROJECT_DIR, RESTORE_LOCK_SECONDS, WAIT_TIMEOUT, ENDPOINT_CONTEXT) and helpers
-# (step, info, die, pass, fail, tally, show_sw, sw, defer,  require_stack,
-# make_workdir, service_json, state_py), tasks.sh's (task_start, task_exec, task_python,
-# secret_option) and verify.sh's api_py; resets swarm.sh's CHECKS and FAILED in the drill.
+# BACKUP_DIR, RESTORE_LOCK_SECONDS, WAIT_TIMEOUT, ENDPOINT_CONTEXT) and helpers (step, info,
+# die, tally, show_sw, sw, defer, require_stack, make_workdir, service_json, state_py) and
+# tasks.sh's (task_start, task_exec, task_python, task_remove, secret_option); resets
+# swarm.sh's CHECKS and FAILED in the drill.
 
 TOOLS_CONFIG=/run/secrets/backup_config
 DRILL_PORT=8000

@@ -1,14 +1,14 @@
 # shellcheck shell=bash
 # The labels, secrets, build, push and deploy steps of stack/swarm.sh, which sources this file.
 #
-# Uses swarm.sh's settings (STACK_NAME, SWARM_CONTEXT, DATABASE_NODE, INGRESS_NODE, API_NODE,
-# SECRETS_DIR, PUBLIC_HOST, TLS_DAYS, API_IMAGE, API_IMAGE_SET, VERSION, VERSION_SET,
-# BASE_IMAGE, API_REPLICAS, MONGO_*, APP_USERS, HTTP_PORT, HTTPS_PORT, WAIT_TIMEOUT,
-# ENDPOINT_CONTEXT, PROJECT_DIR, STACK_DIR) and helpers (step, info, die, run, run_sw, sw,
-# sw_for, show_cmd, quietly, require_swarm, make_workdir, snapshot, service_json,
-# service_image, state_py, api_nodes) and tasks.sh's (task_start, task_python,
-# secret_option). Sets one global, IMAGE_FROM_THIS_RUN (build and push: deploy then uses
-# API_IMAGE).
+# Uses swarm.sh's settings (STACK_NAME, DATABASE_NODE, INGRESS_NODE, API_NODE, SECRETS_DIR,
+# PUBLIC_HOST, TLS_DAYS, API_IMAGE, API_IMAGE_SET, VERSION, VERSION_SET, BASE_IMAGE,
+# API_REPLICAS, MONGO_ROOT_USER, MONGO_BACKUP_USER, MONGO_DB, APP_USERS, HTTP_PORT, HTTPS_PORT,
+# WAIT_TIMEOUT, CALL_TIMEOUT, ENDPOINT_CONTEXT, PROJECT_DIR, STACK_DIR) and helpers (step, info,
+# die, run, run_sw, run_sw_quiet, sw, show_sw, show_cmd, quietly, bounded, require_swarm,
+# make_workdir, snapshot, service_json, service_image, state_py, api_nodes) and tasks.sh's
+# (task_start, task_python). Sets swarm.sh's IMAGE_FROM_THIS_RUN (build and push: deploy then
+# uses API_IMAGE).
 
 # --- labels -----------------------------------------------------------------------------------
 APP_LABELS=" database ingress api "

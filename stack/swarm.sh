@@ -90,6 +90,8 @@ FAILED=0
 DEFERRED=()
 # The exit status of the last attempt.
 ATTEMPT_RC=0
+# Set by build and push: deploy then deploys API_IMAGE, the image this run made.
+IMAGE_FROM_THIS_RUN=""
 # The swarm node this script talks to (require_swarm): the short-lived tasks run on it.
 MANAGER_NODE_ID=""
 

@@ -5,13 +5,13 @@
 # a service created for the purpose: one task, placed on the manager this script talks to
 # (node.id), attached to the networks and given the secrets it needs, removed when the script
 # ends. The script talks to it with `docker exec` through the same endpoint: stdin and stdout
-# stream both ways, so Python scripts go in on stdin and archives flow through it; no file on
-# this machine or on a node is touched. A task that outlives a killed script stops by itself
-# after WAIT_TIMEOUT + 1 hour, and `down` removes any left behind.
+# stream both ways, so Python scripts go in on stdin and archives flow through it; nothing is
+# copied to, or left on, a node. A task that outlives a killed script stops by itself after
+# WAIT_TIMEOUT + 1 hour, and `down` removes any left behind.
 #
-# Uses swarm.sh's settings (STACK_NAME, WAIT_TIMEOUT, CALL_TIMEOUT, ENDPOINT_CONTEXT,
-# MANAGER_NODE_ID) and helpers (sw, sw_for, show_sw, info, die, defer, require_swarm); sets no
-# globals but the variable each task_start call names.
+# Uses swarm.sh's settings (STACK_NAME, STACK_DIR, WAIT_TIMEOUT, ENDPOINT_CONTEXT,
+# MANAGER_NODE_ID) and helpers (sw, sw_for, show_sw, run_sw_quiet, info, die, defer,
+# require_swarm, state_py); sets no globals but the variable each task_start call names.
 
 TASK_LABEL=usersapi.task  # value: the stack's name
 

@@ -6,9 +6,9 @@
 # positions reach, from short-lived tasks with exactly their networks (stack/inside_checks.py).
 #
 # Uses swarm.sh's settings (STACK_NAME, HTTPS_URL, HTTP_URL, HTTPS_PORT, HTTP_PORT, MONGO_DB,
-# WAIT_TIMEOUT, PYTHON, CHROMIUM, PROJECT_DIR, STACK_DIR, ENDPOINT_CONTEXT) and helpers (step,
-# info, pass, fail, tally, bounded, sw_for, require_stack, make_workdir, snapshot,
-# service_json, service_image, state_py) and tasks.sh's (task_start, task_python,
+# WAIT_TIMEOUT, CALL_TIMEOUT, PYTHON, CHROMIUM, PROJECT_DIR, STACK_DIR, ENDPOINT_CONTEXT) and
+# helpers (step, info, die, pass, fail, tally, bounded, sw, sw_for, require_stack, make_workdir,
+# snapshot, service_json, service_image, state_py) and tasks.sh's (task_start, task_python,
 # secret_option); resets swarm.sh's CHECKS and FAILED.
 
 api_py() { python3 "$STACK_DIR/api_checks.py" "$@"; }
