@@ -165,7 +165,7 @@ step_services() {
   evidence_begin 5-stack-servicios "the services of $STACK_NAME and where they run (placement)"
   capture docker --context "$ENDPOINT_CONTEXT" stack services "$STACK_NAME"
   capture docker --context "$ENDPOINT_CONTEXT" service inspect --format \
-    '{{.Spec.Name}}  placement={{with .Spec.TaskTemplate.Placement}}{{.Constraints}} {{.Preferences}}{{end}}' \
+    '{{.Spec.Name}}  placement={{with .Spec.TaskTemplate.Placement}}{{json .Constraints}} {{json .Preferences}}{{end}}' \
     "${STACK_NAME}_mongo" "${STACK_NAME}_api" "${STACK_NAME}_ingress"
   capture docker --context "$ENDPOINT_CONTEXT" stack ps --filter desired-state=running \
     --format 'table {{.Name}}\t{{.Node}}\t{{.CurrentState}}\t{{.Ports}}' "$STACK_NAME"
