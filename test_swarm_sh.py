@@ -1611,3 +1611,10 @@ def test_a_task_the_swarm_rejects_ends_the_step_with_its_cause(sandbox: Path) ->
     assert made
     assert made <= removed
     assert not (sandbox / "b.gz").exists()
+
+
+def test_only_labels_needs_the_node_names_on_ones_own_swarm(sandbox: Path) -> None:
+    rules = [*swarm_rules(healthy_swarm()), *endpoint_rules(OWN)]
+    run = swarm(sandbox, "status", rules=rules, SWARM_CONTEXT=OWN)
+    assert run.rc == 0, run.stderr
+    assert run.called(r"^--context prod stack ps --filter desired-state=running fake$")

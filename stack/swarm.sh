@@ -507,10 +507,10 @@ check_settings() {  # before any step runs
   for name in MONGO_ROOT_USER MONGO_APP_USER MONGO_BACKUP_USER STACK_NAME; do
     [[ ${!name} =~ ^[A-Za-z0-9][A-Za-z0-9_.-]*$ ]] || usage_error "$name must be letters, digits, '.', '_' or '-', not '${!name}'"
   done
-  if [[ " $(api_nodes) " == *" $DATABASE_NODE "* || " $(api_nodes) " == *" $INGRESS_NODE "* ]] ||
-    { [ -n "$DATABASE_NODE" ] && [ "$DATABASE_NODE" = "$INGRESS_NODE" ]; }; then
-    usage_error "DATABASE_NODE, INGRESS_NODE and API_NODE must name different nodes (one app label each)"
-  fi
+  local named
+  # shellcheck disable=SC2046  # API_NODE's names, one word each
+  named=$(printf '%s\n' "$DATABASE_NODE" "$INGRESS_NODE" $(api_nodes) | grep -v '^$' | sort | uniq -d || true)
+  [ -z "$named" ] || usage_error "DATABASE_NODE, INGRESS_NODE and API_NODE must name different nodes (one app label each): $named is named twice"
 }
 
 api_nodes() { printf '%s' "${API_NODE//,/ }"; }  # API_NODE, commas or spaces between names
