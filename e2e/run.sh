@@ -3,9 +3,10 @@
 # for real, twice, under names, ports and folders of its own, all removed at the end even when
 # a step fails; other containers on this engine are never touched.
 #
-#  1. The lab: stack/swarm.sh all drill as stack usersapi-e2e; a restore and a rotation of the
-#     application password, each under a steady load (e2e/load.py): no failed request, no lost
-#     acknowledged write; then down, which backs the users up first.
+#  1. The lab: stack/swarm.sh all drill as stack usersapi-e2e, its passwords holding a quote,
+#     ';', '#' and a space; a backup, a restore and a rotation of the application password, the
+#     last two under a steady load (e2e/load.py): no failed request, no lost acknowledged write;
+#     then down, which backs the users up first.
 #  2. A swarm made without swarm.sh: three docker-in-docker nodes (usersapi-own-n1..3) joined
 #     by hand, the manager reached only through the Docker context usersapi-own (plain tcp on
 #     the nodes' private network: a lab endpoint); stack/swarm.sh labels secrets deploy verify
@@ -78,6 +79,12 @@ stop_load() {
 HTTPS_URL=https://localhost:$HTTPS_PORT
 
 say "lab: stack/swarm.sh all drill (stack $STACK_NAME, ports $HTTP_PORT and $HTTPS_PORT)"
+# Passwords holding a quote, ';', '#' and a space: MongoDB, the api, the users' task and the
+# Database Tools' --config file get them from files and stdin only (secrets keeps them).
+(umask 077 && mkdir -p "$SECRETS_DIR" &&
+  printf '%s' "root's; #pw 1" >"$SECRETS_DIR/mongo_root_password" &&
+  printf '%s' "app's; #pw 2" >"$SECRETS_DIR/mongo_app_password" &&
+  printf '%s' "backup's; #pw 3" >"$SECRETS_DIR/mongo_backup_password")
 swarm_sh all drill
 
 say "lab: a restore under load"
