@@ -1,185 +1,261 @@
 # shellcheck shell=bash
-# The backup, restore and drill steps of stack/swarm.sh, which sources this file. They use the
-# settings and helpers swarm.sh defines, and verify.sh's (api, pass, fail, task_container,
-# API_CLIENT_PY).
+# The backup, restore and drill steps of stack/swarm.sh, which sources this file.
 #
-# The database tools run inside the mongo task as MongoDB's root user: the password stays in
-# the task's /run/secrets and reaches mongodump/mongorestore through --config (a file given
-# by the shell, /dev/fd/N), never a command line. The archive streams through `docker exec`;
-# nothing is left inside the containers.
+# The MongoDB Database Tools run in a short-lived task of the stack's mongo image on its back
+# network, logged in as the backup user (MONGO_BACKUP_USER, MongoDB's built-in roles backup
+# and restore): its password reaches them as a --config file mounted from a secret, never a
+# command line, and every argument goes to `docker exec` as one word, never through a shell.
+# The archive streams through `docker exec` between this machine and the task. A restore
+# holds the restore lock (CONTRACTS.md) while it replaces the users: the API answers 503 with
+# Retry-After meanwhile, so no write it acknowledges is lost.
+#
+# Uses swarm.sh's settings (STACK_NAME, MONGO_DB, MONGO_BACKUP_USER, MONGO_ROOT_USER,
+# BACKUP_DIR, RESTORE_LOCK_SECONDS, WAIT_TIMEOUT, ENDPOINT_CONTEXT) and helpers (step, info,
+# die, tally, show_sw, sw, defer, require_stack, make_workdir, service_json, state_py) and
+# tasks.sh's (task_start, task_exec, task_python, task_remove, secret_option); resets
+# swarm.sh's CHECKS and FAILED in the drill.
 
-# in_mongo CMD: runs the shell command CMD in the mongo task, stdin and stdout streamed.
-# $MONGO_TOOL_AUTH in CMD expands, inside the task, to the tools' credentials options.
-in_mongo() {
-  local cid
-  cid=$(task_container "$MANAGER" mongo)
-  [ -n "$cid" ] || die "no running mongo task of $STACK_NAME on $MANAGER: deploy first"
-  docker exec -i "$MANAGER" docker exec -i \
-    -e "MONGO_TOOL_AUTH=--username=$MONGO_ROOT_USER --authenticationDatabase=admin" \
-    "$cid" bash -c "$1"
+TOOLS_CONFIG=/run/secrets/backup_config
+DRILL_PORT=8000
+
+now_utc() { date -u +%Y-%m-%dT%H:%M:%S.%3NZ; }
+
+tool_auth() {  # the Database Tools' server and login options
+  printf '%s\n' --host=mongo --port=27017 "--config=$TOOLS_CONFIG" "--username=$MONGO_BACKUP_USER" \
+    --authenticationDatabase=admin
 }
 
-# shellcheck disable=SC2016  # expanded inside the mongo task
-TOOL_CONFIG='--config=<(pw=$(< /run/secrets/mongo_root_password); printf "password: %s\n" "$pw") $MONGO_TOOL_AUTH'
+backup_secret() {  # the secret deploy made with the backup user's --config file
+  local name
+  name=$(sw secret ls --filter "label=com.docker.stack.namespace=$STACK_NAME" \
+    --filter label=usersapi.secret=mongo_backup --format '{{.Name}}' | head -n 1)
+  [ -n "$name" ] || die "no backup credentials on this swarm (secret ${STACK_NAME}_mongo_backup_*): '$0 deploy' makes them"
+  printf '%s' "$name"
+}
+
+# tools_task VAR WORKDIR: a task of the mongo service's image, as the image's mongodb user.
+tools_task() {
+  service_json mongo "$2/mongo.json" || die "cannot read the mongo service"
+  task_start "$1" tools "$(state_py image --digest "$2/mongo.json")" --network "${STACK_NAME}_back" \
+    --user 999:999 "--secret=source=$(backup_secret),target=backup_config,uid=999,gid=999,mode=0400"
+}
+
+# lock_task VAR WORKDIR: a task of the api's image that holds the backup user's credentials,
+# for the restore lock (stack/mongo_tasks.py).
+lock_task() {
+  service_json api "$2/api.json" || die "cannot read the api service"
+  task_start "$1" lock "$(state_py image --digest "$2/api.json")" --network "${STACK_NAME}_back" \
+    "--secret=source=$(backup_secret),target=backup_config,uid=10001,gid=10001,mode=0400"
+}
+
+# A backup file lands where git does not see it: BACKUP_DIR gets a .gitignore of its own, and
+# a file named by hand inside the repository must be one git ignores already.
+prepare_backup_dir() {
+  if [ ! -d "$BACKUP_DIR" ]; then
+    mkdir -p "$(dirname "$BACKUP_DIR")"
+    mkdir -m 700 "$BACKUP_DIR" || die "cannot create $BACKUP_DIR"
+    info "created $BACKUP_DIR (mode 700)"
+  fi
+  [ -e "$BACKUP_DIR/.gitignore" ] || printf '# Backups hold personal data: never in git.\n*\n' >"$BACKUP_DIR/.gitignore"
+}
+
+refuse_tracked_place() {
+  local dir=$1 top
+  while [ ! -d "$dir" ]; do dir=$(dirname "$dir"); done
+  top=$(git -C "$dir" rev-parse --show-toplevel 2>/dev/null) || return 0
+  git -C "$dir" check-ignore -q "$2" 2>/dev/null ||
+    die "$2 is inside the git work tree $top and git does not ignore it: a backup holds personal data; give a path in BACKUP_DIR ($BACKUP_DIR) or outside the tree (nothing written)"
+}
+
+# dump_to CID DB FILE: mongodump of DB.users through the tools task into FILE, which must not
+# exist: written under another name first, then linked to FILE (a link never replaces a file).
+dump_to() {
+  local cid=$1 db=$2 file=$3 tmp auth=()
+  mapfile -t auth < <(tool_auth)
+  tmp=$(mktemp "$(dirname "$file")/.partial-XXXXXX")  # mode 600 from its first byte
+  defer rm -f "$tmp" "$tmp.log"
+  show_sw exec -i '<tools task>' mongodump "${auth[@]}" "--db=$db" --collection=users --archive --gzip '>' "$file"
+  if ! task_exec "$WAIT_TIMEOUT" "$cid" mongodump "${auth[@]}" "--db=$db" --collection=users \
+    --archive --gzip >"$tmp" 2>"$tmp.log"; then
+    die "mongodump failed, no backup written: $(grep -v '^[0-9T:.+-]*[[:space:]]*writing\|done dumping' "$tmp.log" | tail -n 1)"
+  fi
+  gzip -t "$tmp" 2>/dev/null || die "mongodump wrote no complete gzip archive: no backup written"
+  ln "$tmp" "$file" 2>/dev/null || die "$file appeared meanwhile: it was not overwritten, and this dump is discarded"
+  info "wrote $file ($(wc -c <"$file") bytes, mode $(stat -c %a "$file")): $(grep -o 'done dumping.*' "$tmp.log" | tail -n 1)"
+}
 
 cmd_backup() {
-  local file=${1:-}
-  require_node "$MANAGER"
+  local file=${1:-} in_backup_dir=""
   if [ -z "$file" ]; then
     file=$BACKUP_DIR/$STACK_NAME-$(date -u +%Y%m%dT%H%M%SZ).archive.gz
   fi
-  step "backup: mongodump of $MONGO_DB in stack $STACK_NAME to $file"
-  [ ! -e "$file" ] || die "$file exists: give another file name"
-  local dir
-  dir=$(dirname "$file")
-  (umask 077 && mkdir -p "$dir") || die "cannot create the directory $dir"
-  show_cmd docker exec -i "$MANAGER" docker exec -i '<mongo task>' \
-    mongodump --config=/dev/fd/N --db="$MONGO_DB" --archive --gzip '>' "$file"
-  # Readable by its owner only from the first byte: it holds personal data.
-  local status=0
-  (umask 077 && in_mongo "mongodump $TOOL_CONFIG --db=$MONGO_DB --archive --gzip" >"$file") || status=$?
-  if [ "$status" -ne 0 ] || ! [ -s "$file" ] || ! gzip -t "$file" 2>/dev/null; then
-    rm -f "$file"
-    die "mongodump failed (exit $status): no backup written"
-  fi
-  chmod 600 "$file"
-  info "wrote $file ($(wc -c <"$file") bytes, mode 600)"
-  BACKUP_FILE=$file
+  [[ $file == "$BACKUP_DIR"/* ]] && in_backup_dir=1
+  step "backup: mongodump of $MONGO_DB.users in stack $STACK_NAME to $file"
+  [ ! -e "$file" ] || die "$file exists: a backup never overwrites a file; give another name"
+  if [ -n "$in_backup_dir" ]; then prepare_backup_dir; else refuse_tracked_place "$(dirname "$file")" "$file"; fi
+  require_stack
+  local work cid
+  make_workdir work
+  mkdir -p "$(dirname "$file")"
+  tools_task cid "$work"
+  dump_to "$cid" "$MONGO_DB" "$file"
 }
 
-# check_archive FILE: refuses a file that is missing, empty, not gzip, truncated or corrupt, or
-# that holds no $MONGO_DB.users; the dry run reads the whole archive and writes nothing.
+# check_archive FILE: refuses, before anything changes, a file that is missing, empty, not
+# gzip, truncated or corrupt.
 check_archive() {
-  local file=$1 out
+  local file=$1
   [ -e "$file" ] || die "$file: no such file"
   [ -f "$file" ] || die "$file: not a regular file"
   [ -r "$file" ] || die "$file: not readable"
   [ -s "$file" ] || die "$file: empty file, not a backup"
   gzip -t "$file" 2>/dev/null || die "$file: not a complete gzip file (truncated or corrupt): nothing restored"
   info "gzip -t $file: intact"
-  show_cmd docker exec -i "$MANAGER" docker exec -i '<mongo task>' \
-    mongorestore --config=/dev/fd/N --nsInclude="$MONGO_DB.*" --archive --gzip --dryRun '<' "$file"
-  out=$(in_mongo "mongorestore $TOOL_CONFIG --nsInclude='$MONGO_DB.*' --archive --gzip --dryRun" <"$file" 2>&1) ||
+}
+
+# dry_run CID DB FILE: mongorestore --dryRun reads the whole archive and writes nothing; it
+# must find DB.users in it.
+dry_run() {
+  local cid=$1 db=$2 file=$3 out auth=()
+  mapfile -t auth < <(tool_auth)
+  show_sw exec -i '<tools task>' mongorestore "${auth[@]}" "--nsInclude=$db.users" --archive --gzip --dryRun '<' "$file"
+  out=$(task_exec "$WAIT_TIMEOUT" "$cid" mongorestore "${auth[@]}" "--nsInclude=$db.users" \
+    --archive --gzip --dryRun <"$file" 2>&1) ||
     die "$file: mongorestore --dryRun refused it: $({ grep -m1 'Failed' <<<"$out" || tail -n 1 <<<"$out"; } |
       sed 's/^[0-9T:.+-]*[[:space:]]*//'): nothing restored"
-  grep -q "reading metadata for $MONGO_DB\\.users " <<<"$out" ||
-    die "$file: holds no $MONGO_DB.users collection (a backup of another database?): nothing restored"
-  info "mongorestore --dryRun: a complete archive of $MONGO_DB.users"
+  grep -qF "reading metadata for $db.users " <<<"$out" ||
+    die "$file: holds no $db.users collection (a backup of another database?): nothing restored"
+  info "mongorestore --dryRun: a complete archive of $db.users"
+}
+
+# restore_locked LOCK_CID TOOLS_CID DB FILE OP_TIMEOUT_MS [CMD...]: the restore lock's protocol
+# (CONTRACTS.md). CMD, if given, runs while the lock holds, before the users are replaced.
+restore_locked() {
+  local lock_cid=$1 tools_cid=$2 db=$3 file=$4 op_ms=$5 auth=() out
+  shift 5
+  mapfile -t auth < <(tool_auth)
+  local lock_args=(--user "$MONGO_BACKUP_USER" --config "$TOOLS_CONFIG" --db "$db")
+  out=$(task_python 60 "$lock_cid" mongo_tasks.py lock "${lock_args[@]}" --seconds "$RESTORE_LOCK_SECONDS" 2>&1) ||
+    die "could not take the restore lock, nothing restored: $(tail -n 1 <<<"$out")"
+  info "$(now_utc) (1) $out"
+  # Within 1 s every api worker sees the lock; a request that started before it is done
+  # within MONGO_OP_TIMEOUT_MS; then nothing but this restore touches the users.
+  local wait=$((1 + (op_ms + 999) / 1000 + 1))
+  info "(2) the API answers 503 with Retry-After to /users now; waiting $wait s (1 s + MONGO_OP_TIMEOUT_MS $op_ms ms + 1 s) for the requests under way"
+  sleep "$wait"
+  [ $# -eq 0 ] || "$@"
+  info "$(now_utc) (3) mongorestore started"
+  show_sw exec -i '<tools task>' mongorestore "${auth[@]}" "--nsInclude=$db.users" --drop --archive --gzip '<' "$file"
+  out=$(task_exec "$WAIT_TIMEOUT" "$tools_cid" mongorestore "${auth[@]}" "--nsInclude=$db.users" \
+    --drop --archive --gzip <"$file" 2>&1) ||
+    die "mongorestore failed: $(tail -n 1 <<<"$out"); the lock stays (the collection may be incomplete), /users answers 503 until a restore succeeds or the lock expires in $RESTORE_LOCK_SECONDS s"
+  info "    $(grep -o 'finished restoring.*' <<<"$out" | tail -n 1)"
+  out=$(task_python 60 "$lock_cid" mongo_tasks.py index "${lock_args[@]}" 2>&1) ||
+    die "could not create the unique email index: $(tail -n 1 <<<"$out"); the lock stays until it expires in $RESTORE_LOCK_SECONDS s: restore again"
+  info "(4) $out"
+  out=$(task_python 60 "$lock_cid" mongo_tasks.py unlock "${lock_args[@]}" 2>&1) ||
+    die "the users are restored but the lock could not be dropped: $(tail -n 1 <<<"$out"); it expires in $RESTORE_LOCK_SECONDS s"
+  info "$(now_utc) (5) $out: the API serves the restored users"
 }
 
 cmd_restore() {
   local file=${1:-}
   [ -n "$file" ] || die "restore needs the archive: restore FILE"
-  require_node "$MANAGER"
-  step "restore: $MONGO_DB of stack $STACK_NAME from $file (checked first)"
+  step "restore: $MONGO_DB.users of stack $STACK_NAME from $file (checked first)"
   check_archive "$file"
-  run_restore "$file"
+  require_stack
+  local work tools_cid lock_cid
+  make_workdir work
+  tools_task tools_cid "$work"
+  dry_run "$tools_cid" "$MONGO_DB" "$file"
+  lock_task lock_cid "$work"
+  restore_locked "$lock_cid" "$tools_cid" "$MONGO_DB" "$file" \
+    "$(state_py env "$work/api.json" MONGO_OP_TIMEOUT_MS 2>/dev/null || echo 5000)"
+  info "restored $MONGO_DB.users from $file; the API kept running"
 }
 
-run_restore() {
-  show_cmd docker exec -i "$MANAGER" docker exec -i '<mongo task>' \
-    mongorestore --config=/dev/fd/N --nsInclude="$MONGO_DB.*" --drop --archive --gzip '<' "$1"
-  in_mongo "mongorestore $TOOL_CONFIG --nsInclude='$MONGO_DB.*' --drop --archive --gzip" <"$1" ||
-    die "mongorestore failed"
-  info "restored $MONGO_DB from $1; the API keeps running"
+# --- drill ------------------------------------------------------------------------------------
+remove_secret() {  # once no task holds it any more (30 s at most)
+  local start=$SECONDS
+  until sw secret rm "$1" >/dev/null 2>&1; do
+    ((SECONDS - start < 30)) || { info "could not remove the secret $1: docker --context $ENDPOINT_CONTEXT secret rm $1"; return 0; }
+    sleep 2
+  done
 }
 
-# all_user_ids: every user's id and email through the API, sorted, one "id email" a line.
-all_user_ids() {
-  local offset=0 out code body page
-  while true; do
-    out=$(api GET "/users?limit=500&offset=$offset")
-    code=${out%%$'\n'*}; body=${out#*$'\n'}
-    [ "$code" = 200 ] || { echo "GET /users -> $code"; return 1; }
-    page=$(grep -o '"id": *"[0-9a-f]*"[^}]*"email": *"[^"]*"' <<<"$body" |
-      sed 's/"id": *"\([0-9a-f]*\)".*"email": *"\([^"]*\)"/\1 \2/')
-    [ -n "$page" ] || break
-    printf '%s\n' "$page"
-    offset=$((offset + 500))
-  done | sort
-}
-
-# duplicate_email_refused EMAIL: an insert straight into MongoDB (as the API's own user, from
-# an api container) of a second document with EMAIL: True when the unique index refuses it.
-duplicate_email_refused() {
-  local cid
-  cid=$(task_container "$WORKER2" api)
-  docker exec -i "$WORKER2" docker exec -i -e "DUP_EMAIL=$1" "$cid" python - 2>&1 <<PY
-$API_CLIENT_PY
-from pymongo.errors import DuplicateKeyError
-users = c[env["MONGO_DB"]]["users"]
-try:
-    users.insert_one({"name": "dup", "email": env["DUP_EMAIL"], "username": "dup"})
-except DuplicateKeyError:
-    print(True)
-else:
-    users.delete_many({"username": "dup", "email": env["DUP_EMAIL"], "name": "dup"})
-    print(False)
-PY
-}
-
+# The drill proves backup and restore on data of its own: a database and a MongoDB user of its
+# own, served by a temporary api service of the stack's image, all removed afterwards. The
+# users' data is never touched.
 cmd_drill() {
-  step "drill: back up $MONGO_DB, change it, restore it, and find exactly what was backed up"
-  local node
-  for node in "${NODES[@]}"; do require_node "$node"; done
+  step "drill: back up a database of its own, change it, restore it under the lock, and find exactly what was backed up"
+  require_stack
   CHECKS=0
   FAILED=0
-  WORK=$(mktemp -d)
-  trap 'rm -rf "$WORK"' EXIT
-  wait_ready || true
-  local tag out code body ids_backed ids_changed ids_restored first_id first_email extra_id
-  tag=d$(date +%s)$RANDOM
-  out=$(api POST /users "[{\"name\": \"Drill A\", \"email\": \"$tag.a@example.com\", \"username\": \"${tag}a\"},
-    {\"name\": \"Drill B\", \"email\": \"$tag.b@example.com\", \"username\": \"${tag}b\"},
-    {\"name\": \"Drill C\", \"email\": \"$tag.c@example.com\", \"username\": \"${tag}c\"}]")
-  code=${out%%$'\n'*}; body=${out#*$'\n'}
-  # json_field reads the same (last) user of the batch for both
-  first_id=$(json_field id <<<"$body")
-  first_email=$(json_field email <<<"$body")
-  if [ "$code" = 201 ] && [ -n "$first_id" ]; then
-    pass "drill: 3 users created through the API (POST /users -> 201)"
-  else
-    fail "drill: creating users: POST /users -> $code"
-    return 1
-  fi
-  ids_backed=$(all_user_ids) || { fail "drill: listing users: $ids_backed"; return 1; }
-  cmd_backup "$WORK/drill.archive.gz"
-  local mode
-  mode=$(stat -c %a "$BACKUP_FILE")
-  if [ "$mode" = 600 ] && gzip -t "$BACKUP_FILE"; then
-    pass "drill: backup of $(wc -l <<<"$ids_backed") users written, mode $mode, gzip intact"
-  else
-    fail "drill: backup file mode $mode or not intact"
-  fi
-  out=$(api DELETE "/users/$first_id"); code=${out%%$'\n'*}
-  out=$(api POST /users "{\"name\": \"Drill D\", \"email\": \"$tag.d@example.com\", \"username\": \"${tag}d\"}")
-  extra_id=$(json_field id <<<"${out#*$'\n'}")
-  ids_changed=$(all_user_ids)
-  if [ "$code" = 204 ] && [ -n "$extra_id" ] && [ "$ids_changed" != "$ids_backed" ]; then
-    pass "drill: after the backup, user $first_id deleted (204) and user $extra_id added (201)"
-  else
-    fail "drill: changing users: delete -> $code, added '$extra_id'"
-  fi
-  step "drill: restore"
-  cmd_restore "$BACKUP_FILE"
-  ids_restored=$(all_user_ids)
-  if [ "$ids_restored" = "$ids_backed" ]; then
-    pass "drill: after restore, exactly the $(wc -l <<<"$ids_backed") backed-up users with their ids: $first_id is back, $extra_id is gone"
-  else
-    fail "drill: after restore the users differ from the backup: $(diff <(printf '%s\n' "$ids_backed") <(printf '%s\n' "$ids_restored") | grep '^[<>]' | head -n 5 | xargs)"
-  fi
-  out=$(api GET "/users/$first_id"); code=${out%%$'\n'*}
-  if [ "$code" = 200 ] && grep -q "$first_email" <<<"$out"; then
-    pass "drill: GET /users/$first_id -> 200 through the running API, no restart"
-  else
-    fail "drill: GET /users/$first_id after restore -> $code"
-  fi
-  out=$(duplicate_email_refused "$first_email")
-  if [ "$out" = True ]; then
-    pass "drill: the unique email index holds after restore: inserting $first_email again straight into MongoDB -> duplicate key error"
-  else
-    fail "drill: unique email index after restore: a duplicate insert was not refused ($out)"
-  fi
+  tally drill_round_trip
   printf '\ndrill: %d checks, %d failed\n' "$CHECKS" "$FAILED"
   [ "$FAILED" -eq 0 ]
+}
+
+drill_round_trip() {
+  local work tag db user secret image api_name runner_cid tools_cid
+  make_workdir work
+  tag=$(od -An -N4 -tx4 /dev/urandom | tr -d ' \n')
+  db=${MONGO_DB}_drill_$tag
+  user=drill_$tag
+  secret=${STACK_NAME}_drill_$tag
+  service_json api "$work/api.json" || die "cannot read the api service"
+  service_json mongo "$work/mongo.json" || die "cannot read the mongo service"
+  image=$(state_py image --digest "$work/api.json")
+  local op_ms
+  op_ms=$(state_py env "$work/api.json" MONGO_OP_TIMEOUT_MS 2>/dev/null || echo 5000)
+
+  # Its MongoDB user, with a password that exists only as a swarm secret.
+  openssl rand -hex 24 | tr -d '\n' | sw secret create --label "usersapi.task=$STACK_NAME" "$secret" - >/dev/null ||
+    die "could not create the drill's secret"
+  defer remove_secret "$secret"
+  local admin_cid
+  task_start admin_cid drill-admin "$image" --network "${STACK_NAME}_back" \
+    "$(secret_option "$work/mongo.json" mongo_root_password)" \
+    "--secret=source=$secret,target=drill_password,uid=10001,gid=10001,mode=0400"
+  defer task_python 120 "$admin_cid" mongo_tasks.py users --root-user "$MONGO_ROOT_USER" \
+    --root-password-file /run/secrets/mongo_root_password --drop "$db" "$user" --drop-database "$db"
+  task_python 120 "$admin_cid" mongo_tasks.py users --root-user "$MONGO_ROOT_USER" \
+    --root-password-file /run/secrets/mongo_root_password --app "$db" "$user" /run/secrets/drill_password |
+    sed 's/^/    /'
+
+  # Its API: the stack's image, its database and user.
+  local env=(--env MONGO_HOST=mongo --env MONGO_PORT=27017 --env "MONGO_DB=$db" --env "MONGO_USER=$user"
+    --env "MONGO_AUTH_SOURCE=$db" --env MONGO_PASSWORD_FILE=/run/secrets/drill_password
+    --env "MONGO_OP_TIMEOUT_MS=$op_ms" --env LOG_FORMAT=json)
+  api_name=$STACK_NAME-drill-api-$tag
+  show_sw service create --name "$api_name" --network "${STACK_NAME}_back" "${env[@]}" "${image%@*}"
+  sw service create --detach --quiet --name "$api_name" --label "usersapi.task=$STACK_NAME" \
+    --network "${STACK_NAME}_back" --endpoint-mode dnsrr --restart-condition none --with-registry-auth \
+    "--secret=source=$secret,target=drill_password,uid=10001,gid=10001,mode=0400" \
+    "${env[@]}" "$image" >/dev/null || die "could not create the drill's API service"
+  defer task_remove "$api_name"
+  local base=http://$api_name:$DRILL_PORT
+
+  # Its client, with the same settings (for a write straight into MongoDB) and the backup
+  # user's credentials (for the restore lock).
+  task_start runner_cid drill "$image" --network "${STACK_NAME}_back" "${env[@]}" \
+    "--secret=source=$secret,target=drill_password,uid=10001,gid=10001,mode=0400" \
+    "--secret=source=$(backup_secret),target=backup_config,uid=10001,gid=10001,mode=0400"
+  tools_task tools_cid "$work"
+  local state=/tmp/drill-state.json
+  task_python 180 "$runner_cid" api_checks.py drill-seed "$base" "$state"
+
+  local archive=$work/drill.archive.gz
+  dump_to "$tools_cid" "$db" "$archive"
+  if [ "$(stat -c %a "$archive")" = 600 ] && gzip -t "$archive"; then
+    printf 'PASS  drill: backup of %s.users written through the tools task, mode 600, gzip intact\n' "$db"
+  else
+    printf 'FAIL  drill: backup file mode %s or not intact\n' "$(stat -c %a "$archive")"
+  fi
+  task_python 60 "$runner_cid" api_checks.py drill-change "$base" "$state"
+  dry_run "$tools_cid" "$db" "$archive"
+  restore_locked "$runner_cid" "$tools_cid" "$db" "$archive" "$op_ms" \
+    task_python 60 "$runner_cid" api_checks.py drill-locked "$base"
+  task_python 120 "$runner_cid" api_checks.py drill-check "$base" "$state"
+  task_python 60 "$runner_cid" inside_checks.py duplicate-refused --state "$state"
 }

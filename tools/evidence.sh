@@ -17,7 +17,7 @@
 # with the next steps) and exits non-zero.
 set -euo pipefail
 
-# stack/swarm.sh's settings (STACK_NAME, API_IMAGE, HTTP_PORT, MANAGER, ...), STACK_DIR,
+# stack/swarm.sh's settings (STACK_NAME, API_IMAGE, HTTP_PORT, ENDPOINT_CONTEXT, ...), STACK_DIR,
 # PROJECT_DIR and its output helpers: sourced, it defines them and runs no step.
 # shellcheck source=stack/swarm.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../stack/swarm.sh"
@@ -142,16 +142,14 @@ step_swarm() {
   evidence_begin 3-swarm-nodos "swarm: a manager and two worker nodes"
   capture "$SWARM_SH" nodes
   capture "$SWARM_SH" swarm
-  capture docker exec "$MANAGER" docker info --format \
+  capture docker --context "$ENDPOINT_CONTEXT" info --format \
     'swarm {{.Swarm.LocalNodeState}}: {{.Swarm.Nodes}} nodes, {{.Swarm.Managers}} manager, node {{.Name}} is manager: {{.Swarm.ControlAvailable}}'
   evidence_end
 }
 
 step_labels() {
   evidence_begin 4-etiquetas "node labels: app=database, app=ingress, app=api"
-  capture "$SWARM_SH" labels
-  capture docker exec "$MANAGER" sh -c \
-    "docker node ls -q | xargs docker node inspect --format '{{.Description.Hostname}}  role={{.Spec.Role}}  labels={{.Spec.Labels}}'"
+  capture "$SWARM_SH" labels  # ends with every node's labels
   evidence_end
 }
 
@@ -159,16 +157,17 @@ step_deploy() {
   evidence_begin "6-despliegue-$STACK_NAME" "the stack is deployed as $STACK_NAME"
   capture "$SWARM_SH" secrets
   capture "$SWARM_SH" deploy
-  capture docker exec "$MANAGER" docker stack ls
+  capture docker --context "$ENDPOINT_CONTEXT" stack ls
   evidence_end
 }
 
 step_services() {
   evidence_begin 5-stack-servicios "the services of $STACK_NAME and where they run (placement)"
-  capture docker exec "$MANAGER" docker stack services "$STACK_NAME"
-  capture docker exec "$MANAGER" sh -c \
-    "docker service ls -q --filter label=com.docker.stack.namespace=$STACK_NAME | xargs docker service inspect --format '{{.Spec.Name}}  placement={{with .Spec.TaskTemplate.Placement}}{{.Constraints}}{{end}}'"
-  capture docker exec "$MANAGER" docker stack ps --filter desired-state=running \
+  capture docker --context "$ENDPOINT_CONTEXT" stack services "$STACK_NAME"
+  capture docker --context "$ENDPOINT_CONTEXT" service inspect --format \
+    '{{.Spec.Name}}  placement={{with .Spec.TaskTemplate.Placement}}{{json .Constraints}} {{json .Preferences}}{{end}}' \
+    "${STACK_NAME}_mongo" "${STACK_NAME}_api" "${STACK_NAME}_ingress"
+  capture docker --context "$ENDPOINT_CONTEXT" stack ps --filter desired-state=running \
     --format 'table {{.Name}}\t{{.Node}}\t{{.CurrentState}}\t{{.Ports}}' "$STACK_NAME"
   evidence_end
 }
@@ -249,15 +248,15 @@ this_run_section() {
   echo "- host: \`$(uname -n)\`, $(or_unknown sed -n 's/^PRETTY_NAME="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release), kernel $(uname -sr), $(uname -m)"
   echo "- repository: commit \`$revision\`$dirty"
   echo "- Docker engine on the host: $(or_unknown docker version --format 'server {{.Server.Version}} (API {{.Server.APIVersion}}, {{.Server.Os}}/{{.Server.Arch}}), client {{.Client.Version}}')"
-  echo "- swarm nodes: \`$DIND_IMAGE\` containers ($(or_unknown docker image inspect --format '{{.Id}}' "$DIND_IMAGE" | cut -c1-19)), engine inside the manager: $(or_unknown docker exec "$MANAGER" docker version --format '{{.Server.Version}}')"
+  echo "- swarm nodes: \`$DIND_IMAGE\` containers ($(or_unknown docker image inspect --format '{{.Id}}' "$DIND_IMAGE" | cut -c1-19)), engine of the manager: $(or_unknown docker --context "$ENDPOINT_CONTEXT" version --format '{{.Server.Version}}')"
   echo "- API image: \`$API_IMAGE\` ($(or_unknown docker image inspect --format '{{.Id}}' "$API_IMAGE" | cut -c1-19), $(or_unknown docker image inspect --format '{{.Size}}' "$API_IMAGE" | awk '{ if ($1 + 0 > 0) printf "%d MB", $1 / 1000000; else print $1 }')), base \`$BASE_IMAGE\`"
   echo "- images the services of \`$STACK_NAME\` run (from the swarm's service specs):"
   local services
-  services=$(docker exec "$MANAGER" docker service ls --filter "label=com.docker.stack.namespace=$STACK_NAME" \
+  services=$(docker --context "$ENDPOINT_CONTEXT" service ls --filter "label=com.docker.stack.namespace=$STACK_NAME" \
     --format '{{.Name}} {{.Image}}' 2>/dev/null || true)
   if [ -n "$services" ]; then
     while read -r name image; do
-      echo "  - \`$name\`: \`$(docker exec "$MANAGER" docker service inspect --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}' "$name" 2>/dev/null || echo "$image")\`"
+      echo "  - \`$name\`: \`$(docker --context "$ENDPOINT_CONTEXT" service inspect --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}' "$name" 2>/dev/null || echo "$image")\`"
     done <<<"$services"
   else
     echo "  - (no stack running when the README was written)"
