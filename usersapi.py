@@ -167,7 +167,10 @@ Name = Annotated[
     StringConstraints(strip_whitespace=True, min_length=NAME_LENGTH[0], max_length=NAME_LENGTH[1]),
 ]
 Username = Annotated[
-    str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{%d,%d}$" % USERNAME_LENGTH)  # noqa: UP031
+    str,
+    StringConstraints(
+        min_length=USERNAME_LENGTH[0], max_length=USERNAME_LENGTH[1], pattern=r"^[A-Za-z0-9._-]*$"
+    ),
 ]
 Email = Annotated[EmailStr, AfterValidator(str.lower)]  # stored and compared lower-cased
 ObjectIdStr = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{24}$")]
