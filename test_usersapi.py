@@ -149,6 +149,17 @@ def fields_in(errors: list[Json]) -> set[tuple[int | None, str | None]]:
     return {(error["index"], error["field"]) for error in errors}
 
 
+# One request of each kind that reaches the users' data (the ids name nobody).
+DATA_REQUESTS: list[tuple[str, str, Json]] = [
+    ("GET", "/users", None),
+    ("GET", "/users/search?q=a", None),
+    ("GET", "/users/0123456789abcdef01234567", None),
+    ("POST", "/users", a_user(2)),
+    ("PATCH", "/users", {"id": "0123456789abcdef01234567", "name": "x"}),
+    ("DELETE", "/users/0123456789abcdef01234567", None),
+]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -1815,18 +1826,7 @@ def unreachable_db() -> FlaskClient:
     return keyed(create_app(settings))
 
 
-@pytest.mark.parametrize(
-    ("method", "path", "body"),
-    [
-        ("GET", "/ready", None),
-        ("GET", "/users", None),
-        ("GET", "/users/search?q=a", None),
-        ("GET", "/users/0123456789abcdef01234567", None),
-        ("POST", "/users", a_user(1)),
-        ("PATCH", "/users", {"id": "0123456789abcdef01234567", "name": "x"}),
-        ("DELETE", "/users/0123456789abcdef01234567", None),
-    ],
-)
+@pytest.mark.parametrize(("method", "path", "body"), [("GET", "/ready", None), *DATA_REQUESTS])
 def test_database_down_is_503_within_the_timeout(
     unreachable_db: FlaskClient, method: str, path: str, body: Json
 ) -> None:
@@ -2047,16 +2047,7 @@ def fresh_lock_reads(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.usefixtures("fresh_lock_reads")
-@pytest.mark.parametrize(
-    ("method", "path", "body"),
-    [
-        ("GET", "/users", None),
-        ("GET", "/users/search?q=a", None),
-        ("POST", "/users", a_user(2)),
-        ("PATCH", "/users", {"id": "0123456789abcdef01234567", "name": "x"}),
-        ("DELETE", "/users/0123456789abcdef01234567", None),
-    ],
-)
+@pytest.mark.parametrize(("method", "path", "body"), DATA_REQUESTS)
 def test_while_a_restore_holds_the_lock_users_get_503_and_nothing_changes(
     app: Flask, client: FlaskClient, method: str, path: str, body: Json
 ) -> None:
