@@ -2138,3 +2138,15 @@ def test_spec_checks_fail_on_a_service_that_is_not_locked_down(tmp_path: Path) -
     stack = swarm_state.Stack.read(STACK, snapshot(tmp_path, now))
     rolling = swarm_state.check_rolling_update(stack)
     assert rolling.startswith("FAIL  the api rolls over start-first (UpdateConfig.Order stop-first")
+
+
+def test_a_deploy_without_the_certificate_never_swaps_the_one_the_ingress_serves(
+    sandbox: Path,
+) -> None:
+    yours = healthy_swarm(cert_secret=f"{STACK}_tls_cert_ffffffffffff")
+    run = deploy_from(sandbox, yours, healthy_swarm())
+    assert run.rc == 1
+    assert "the ingress serves a certificate other than the self-signed one" in run.stderr
+    assert f"secret {STACK}_tls_cert_ffffffffffff" in run.stderr
+    assert "nothing changed" in run.stderr
+    assert not run.called(r"secret create|stack deploy|service create")

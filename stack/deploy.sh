@@ -177,6 +177,19 @@ check_tls_files() {
   TLS_CHECKED=1
 }
 
+# keep_served_certificate WORKDIR SECRET: a deploy without TLS_CERT_FILE would give the ingress
+# the self-signed certificate (SECRET); when the ingress serves another one now (yours, given
+# to an earlier deploy), that would swap it by surprise: refused before anything changes.
+keep_served_certificate() {
+  [ -z "$TLS_CERT_FILE" ] || return 0
+  quietly sw service inspect "${STACK_NAME}_ingress" || return 0
+  service_json ingress "$1/ingress.json" || return 0
+  local served
+  served=$(state_py secret-name "$1/ingress.json" tls.crt 2>/dev/null) || return 0
+  [ "$served" != "$2" ] || return 0
+  die "the ingress serves a certificate other than the self-signed one in $SECRETS_DIR (secret $served): give yours again, TLS_CERT_FILE=... TLS_KEY_FILE=... $0 deploy; to go back to the self-signed one, name it: TLS_CERT_FILE=$TLS_CERT_PATH TLS_KEY_FILE=$TLS_KEY_PATH $0 deploy (nothing changed)"
+}
+
 cert_names() {  # the certificate's subject alternative names, or its subject
   local names
   names=$(openssl x509 -in "$1" -noout -ext subjectAltName 2>/dev/null | sed -n '2,$p' | xargs)
@@ -294,6 +307,8 @@ cmd_deploy() {
 
   # The api's MongoDB user: the same while its password is unchanged; a new password goes to
   # the other user, the api moves to it, and then the old one is locked out.
+  keep_served_certificate "$work" "${STACK_NAME}_tls_cert_$cert_h"
+
   local current_user="" current_secret="" user old=""
   if quietly sw service inspect "${STACK_NAME}_api"; then
     service_json api "$work/api.json"

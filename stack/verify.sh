@@ -128,8 +128,8 @@ checks_from_inside() {
 
 # The certificate the ingress serves: TLS_CERT_FILE's when set, else the self-signed one.
 check_certificate() {
-  local kind="the self-signed certificate of SECRETS_DIR"
-  [ -z "$TLS_CERT_FILE" ] || kind="your certificate (TLS_CERT_FILE)"
+  local kind="the self-signed certificate"
+  [ -z "$TLS_CERT_FILE" ] || kind="your certificate"
   if [ ! -r "$TLS_CERT_PATH" ]; then
     fail "certificate: cannot read $TLS_CERT_PATH"
     return
