@@ -547,6 +547,11 @@ def test_restore_needs_a_file_before_any_step_runs(sandbox: Path) -> None:
         ("MONGO_DB", "users db", "is not a MongoDB database name"),
         ("WAIT_TIMEOUT", "0", "WAIT_TIMEOUT must be a whole number above 0"),
         ("API_NODE", "fake-manager", "must name different nodes"),
+        ("RATE_LIMIT", "0", "RATE_LIMIT must be a whole number from 1 to 100000"),
+        ("RATE_LIMIT", "20r", "RATE_LIMIT must be a whole number"),
+        ("RATE_BURST", "10", "RATE_BURST must be a whole number from 26 to 100000"),
+        ("CONN_LIMIT", "1e3", "CONN_LIMIT must be a whole number from 25"),
+        ("CONN_LIMIT", "9999999", "CONN_LIMIT must be a whole number from 25 to 100000"),
     ],
 )
 def test_a_bad_setting_is_refused_before_any_step(
@@ -1905,26 +1910,7 @@ def test_deploy_gives_the_api_its_key_file_as_a_versioned_secret(sandbox: Path) 
     assert "name: ${STACK_NAME:-semana4}_api_keys_${API_KEYS_HASH:-v1}" in stack
 
 
-# --- the ingress's limits -------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("setting", "value", "message"),
-    [
-        ("RATE_LIMIT", "0", "RATE_LIMIT must be a whole number from 1 to 100000"),
-        ("RATE_LIMIT", "20r", "RATE_LIMIT must be a whole number"),
-        ("RATE_BURST", "10", "RATE_BURST must be a whole number from 26 to 100000"),
-        ("CONN_LIMIT", "1e3", "CONN_LIMIT must be a whole number from 25"),
-        ("CONN_LIMIT", "9999999", "CONN_LIMIT must be a whole number from 25 to 100000"),
-    ],
-)
-def test_a_bad_limit_is_refused_before_any_step(
-    sandbox: Path, setting: str, value: str, message: str
-) -> None:
-    run = swarm(sandbox, "status", env={setting: value})
-    assert run.rc == 2
-    assert message in run.stderr
-    assert run.calls == []
-
-
+# --- the ingress's limits (their bounds: test_a_bad_setting_is_refused_before_any_step) -------
 def test_deploy_passes_the_limits_and_waits_for_the_ingress_to_hold_them(sandbox: Path) -> None:
     limits = {"RATE_LIMIT": "50", "RATE_BURST": "80", "CONN_LIMIT": "64"}
     stale = healthy_swarm()  # the ingress still has the defaults: never converged
