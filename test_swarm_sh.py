@@ -2117,3 +2117,18 @@ def test_a_deploy_without_the_certificate_never_swaps_the_one_the_ingress_serves
     assert f"secret {STACK}_tls_cert_ffffffffffff" in run.stderr
     assert "nothing changed" in run.stderr
     assert not run.called(r"secret create|stack deploy|service create")
+
+
+def test_secrets_replaces_an_own_key_whose_file_was_deleted(sandbox: Path) -> None:
+    folder = sandbox / "secrets"
+    for name in ("api_key", "tls.crt", "tls.key"):  # the fake certificate: a real one is made
+        (folder / name).unlink()
+    run = swarm(sandbox, "secrets")
+    assert run.rc == 0, run.stderr
+    admin = (folder / "api_key").read_text().strip()
+    assert admin != ADMIN_KEY
+    lines = (folder / "api_keys").read_text().splitlines()
+    assert f"admin write sha256:{hashlib.sha256(admin.encode()).hexdigest()}" in lines
+    assert f"verify read sha256:{hashlib.sha256(VERIFY_KEY.encode()).hexdigest()}" in lines
+    assert sum(line.startswith("admin ") for line in lines) == 1
+    assert "set the line of admin (write)" in run.stdout
