@@ -190,7 +190,7 @@ def revoke(path: Path, name: str, out: Path, kept: tuple[str, ...]) -> str:
     if name in kept:
         raise KeyFileError(
             f"{name} is one of the stack's own keys ({', '.join(kept)}), which stack/swarm.sh "
-            "itself uses (verify, the drill, the evidence): it is not revoked; to replace it, "
+            "itself uses (verify, the evidence): it is not revoked; to replace it, "
             "delete its file in SECRETS_DIR and run 'stack/swarm.sh secrets deploy'"
         )
     write_private(out, without(text, name), exclusive=True)

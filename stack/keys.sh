@@ -5,10 +5,11 @@
 #
 # A new key is printed once, alone on the last line of the step's output, and stored nowhere;
 # only the stack's own two keys are kept, in SECRETS_DIR: admin (write, api_key: for the
-# operator, the drill's checks and the evidence) and verify (read, verify_key: verify's check
-# that a read key cannot write and its browser check). A change reaches the api by a deploy:
-# the api rolls over start-first, each new task healthy before an old one stops, so no request
-# is lost and every key the old file and the new one share keeps working throughout.
+# operator, verify's writes, the evidence and the end-to-end load) and verify (read,
+# verify_key: verify's check that a read key cannot write, and its browser check). A change
+# reaches the api by a deploy: the api rolls over start-first, each new task healthy before an
+# old one stops, so no request is lost and every key the old file and the new one share keeps
+# working throughout.
 #
 # Uses swarm.sh's settings (SECRETS_DIR, API_KEYS_PATH, ADMIN_KEY_FILE, VERIFY_KEY_FILE,
 # STACK_NAME, STACK_DIR) and helpers (step, info, die, defer, make_workdir, require_stack) and
