@@ -34,6 +34,7 @@ from typing import Any
 
 import pytest
 import yaml
+from swarm_state import decode_capabilities as capability_names  # a /proc status mask
 
 ROOT = Path(__file__).parent
 TOX_INI = ROOT / "tox.ini"
@@ -59,17 +60,6 @@ SECURITY_HEADERS = {
 }
 GENERATED_ID = re.compile(r"[0-9a-f]{32}")
 PROBLEM_KEYS = {"type", "title", "status", "detail", "errors"}
-
-# Linux capability names in the order of their numbers (linux/capability.h); one string, as
-# a list literal would take a line per name.
-CAPABILITIES = (  # noqa: SIM905
-    "CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP "
-    "LINUX_IMMUTABLE NET_BIND_SERVICE NET_BROADCAST NET_ADMIN NET_RAW IPC_LOCK IPC_OWNER "
-    "SYS_MODULE SYS_RAWIO SYS_CHROOT SYS_PTRACE SYS_PACCT SYS_ADMIN SYS_BOOT SYS_NICE "
-    "SYS_RESOURCE SYS_TIME SYS_TTY_CONFIG MKNOD LEASE AUDIT_WRITE AUDIT_CONTROL SETFCAP "
-    "MAC_OVERRIDE MAC_ADMIN SYSLOG WAKE_ALARM BLOCK_SUSPEND AUDIT_READ PERFMON BPF "
-    "CHECKPOINT_RESTORE"
-).split()
 
 # The test's client: the certificate is the self-signed one made here.
 TLS = ssl.create_default_context()
@@ -728,11 +718,6 @@ def test_the_access_log_keeps_the_path_but_no_query_value(ingress: Ingress) -> N
 
 
 # --- tests: the container -------------------------------------------------------------------
-
-
-def capability_names(mask: str) -> set[str]:
-    bits = int(mask, 16)
-    return {name for number, name in enumerate(CAPABILITIES) if bits >> number & 1}
 
 
 def test_nginx_runs_locked_down_as_the_stack_says(ingress: Ingress) -> None:

@@ -33,8 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import api_checks
+import api_keys
 import pytest
 import swarm_state
+import yaml
+
+import usersapi_auth
 
 SWARM_SH = Path(__file__).parent / "stack" / "swarm.sh"
 STACK = "fake"
@@ -45,6 +49,13 @@ APP_PASSWORD = "app-password-7f3a"
 # A quote, a double quote, a backslash, ';', '#' and a space: the backup user's password.
 BACKUP_PASSWORD = "b'k \"x\\ ;#1"
 IMAGE = "registry.lab:5000/usersapi:1.0.0"
+ADMIN_KEY = "usersapi_" + "A" * 43
+VERIFY_KEY = "usersapi_" + "V" * 43
+KEY_LINES = (
+    "# the stack's keys\n"
+    f"admin write sha256:{hashlib.sha256(ADMIN_KEY.encode()).hexdigest()}\n"
+    f"verify read sha256:{hashlib.sha256(VERIFY_KEY.encode()).hexdigest()}\n"
+)
 # What `docker stack deploy` reads from its environment (the fake logs them).
 STACK_FILE_VARIABLES = {
     "API_IMAGE",
@@ -56,11 +67,18 @@ STACK_FILE_VARIABLES = {
     "MONGO_PASSWORD_HASH",
     "TLS_CERT_HASH",
     "TLS_KEY_HASH",
+    "TLS_CERT_FILE",
+    "TLS_KEY_FILE",
     "NGINX_CONF_HASH",
+    "API_KEYS_HASH",
+    "RATE_LIMIT",
+    "RATE_BURST",
+    "CONN_LIMIT",
     "STACK_NAME",
 }
 Rule = dict[str, Any]  # pattern; stdout | stdout_file | json; stderr; rc; sleep; interrupt;
-# mark (a marker it sets); after / before (a marker that must / must not be set)
+# mark (a marker it sets); after / before (a marker that must / must not be set); save_env
+# (variables whose values later json answers put in place of @NAME@)
 
 FAKE_DOCKER = """#!{python}
 import json, os, re, signal, sys, time
@@ -80,6 +98,9 @@ for rule in json.load(open(os.environ["FAKE_DOCKER_RULES"])):
     if re.search(rule["pattern"], line):
         if "mark" in rule:
             open(os.path.join(markers, rule["mark"]), "w").close()
+        for name in rule.get("save_env", []):
+            with open(os.path.join(markers, "env-" + name), "w") as saved:
+                saved.write(os.environ.get(name, ""))
         if rule.get("interrupt"):
             os.killpg(os.getpgrp(), signal.SIGINT)
             time.sleep(2)
@@ -87,7 +108,12 @@ for rule in json.load(open(os.environ["FAKE_DOCKER_RULES"])):
         if "stdout_file" in rule:
             sys.stdout.buffer.write(open(rule["stdout_file"], "rb").read())
         elif "json" in rule:
-            sys.stdout.write(json.dumps(rule["json"]))
+            text = json.dumps(rule["json"])
+            for name in os.listdir(markers):
+                if name.startswith("env-"):
+                    value = open(os.path.join(markers, name)).read()
+                    text = text.replace("@" + name[4:] + "@", value)
+            sys.stdout.write(text)
         else:
             sys.stdout.write(rule.get("stdout", ""))
         sys.stderr.write(rule.get("stderr", ""))
@@ -108,6 +134,7 @@ def tools_config(password: str) -> str:
 APP_SECRET = f"{STACK}_mongo_app_password_{short_hash(APP_PASSWORD)}"
 ROOT_SECRET = f"{STACK}_mongo_root_password_{short_hash(ROOT_PASSWORD)}"
 BACKUP_SECRET = f"{STACK}_mongo_backup_{short_hash(tools_config(BACKUP_PASSWORD))}"
+KEYS_SECRET = f"{STACK}_api_keys_{short_hash(KEY_LINES)}"
 CERT_SECRET = f"{STACK}_tls_cert_{short_hash('crt')}"
 KEY_SECRET = f"{STACK}_tls_key_{short_hash('key')}"
 NGINX_CONF = f"{STACK}_nginx_conf_{short_hash((SWARM_SH.parent / 'nginx.conf').read_text())}"
@@ -124,6 +151,7 @@ def service(
     ports: list[int] | None = None,
     replicas: int = 1,
     update: str | None = None,
+    cap_add: list[str] | None = None,
 ) -> dict[str, Any]:
     template = {
         "ContainerSpec": {
@@ -134,14 +162,22 @@ def service(
                 for target, name in secrets or []
             ],
             "Configs": [{"ConfigName": name} for name in configs or []],
+            "ReadOnly": True,
+            "CapabilityDrop": ["ALL"],
+            "CapabilityAdd": [f"CAP_{name}" for name in cap_add or []],
+            "Mounts": [
+                {"Type": "tmpfs", "Target": "/scratch", "TmpfsOptions": {"SizeBytes": 1024}}
+            ],
         },
-        "Resources": {"Limits": {"NanoCPUs": 1_000_000_000, "MemoryBytes": 1 << 30}},
+        "Resources": {"Limits": {"NanoCPUs": 1_000_000_000, "MemoryBytes": 1 << 30, "Pids": 128}},
+        "LogDriver": {"Name": "json-file", "Options": {"max-size": "10m", "max-file": "3"}},
         "Networks": [{"Target": "net-back"}],
         "ForceUpdate": 0,
     }
     spec = {
         "Name": f"{STACK}_{short}",
         "TaskTemplate": template,
+        "UpdateConfig": {"Order": "start-first", "Parallelism": 1, "FailureAction": "rollback"},
         "Mode": {"Replicated": {"Replicas": replicas}},
         "EndpointSpec": {
             "Ports": [{"PublishedPort": p, "PublishMode": "host"} for p in ports or []]
@@ -213,8 +249,17 @@ class Swarm:
         return [self.api, self.mongo, self.ingress]
 
 
+LIMITS = {"RATE_LIMIT": "20", "RATE_BURST": "40", "CONN_LIMIT": "32"}
+
+
 def healthy_swarm(
-    image: str = IMAGE, user: str = "usersapi_a", app_secret: str = APP_SECRET
+    image: str = IMAGE,
+    *,
+    user: str = "usersapi_a",
+    app_secret: str = APP_SECRET,
+    keys_secret: str = KEYS_SECRET,
+    cert_secret: str = CERT_SECRET,
+    key_secret: str = KEY_SECRET,
 ) -> Swarm:
     api = service(
         "api",
@@ -225,16 +270,23 @@ def healthy_swarm(
             "MONGO_HOST=mongo",
             "MONGO_OP_TIMEOUT_MS=3000",
         ],
-        secrets=[("mongo_app_password", app_secret)],
+        secrets=[("mongo_app_password", app_secret), ("api_keys", keys_secret)],
         replicas=2,
     )
-    mongo = service("mongo", "mongo:8.0", secrets=[("mongo_root_password", ROOT_SECRET)])
+    mongo = service(
+        "mongo",
+        "mongo:8.0",
+        secrets=[("mongo_root_password", ROOT_SECRET)],
+        cap_add=["CHOWN", "DAC_READ_SEARCH", "SETGID", "SETUID"],
+    )
     ingress = service(
         "ingress",
         "nginx:1.27-alpine",
-        secrets=[("tls.crt", CERT_SECRET), ("tls.key", KEY_SECRET)],
+        env=[f"{name}={value}" for name, value in LIMITS.items()],
+        secrets=[("tls.crt", cert_secret), ("tls.key", key_secret)],
         configs=[NGINX_CONF],
         ports=[28080, 28443],
+        cap_add=["CHOWN", "SETGID", "SETUID"],
     )
     tasks = [
         task(api, 1, node="node-3"),
@@ -342,6 +394,9 @@ def sandbox(tmp_path: Path) -> Path:
         ("mongo_backup_password", BACKUP_PASSWORD),
         ("tls.crt", "crt"),
         ("tls.key", "key"),
+        ("api_keys", KEY_LINES),
+        ("api_key", ADMIN_KEY + "\n"),
+        ("verify_key", VERIFY_KEY + "\n"),
     ]:
         (secrets / name).write_text(value)
     return tmp_path
@@ -364,6 +419,12 @@ SETTINGS = {
     "MONGO_DB",
     "PYTHON",
     "NODE_PREFIX",
+    "TLS_CERT_FILE",
+    "TLS_KEY_FILE",
+    "RATE_LIMIT",
+    "RATE_BURST",
+    "CONN_LIMIT",
+    "PUBLIC_HOST",
 }
 
 
@@ -486,6 +547,11 @@ def test_restore_needs_a_file_before_any_step_runs(sandbox: Path) -> None:
         ("MONGO_DB", "users db", "is not a MongoDB database name"),
         ("WAIT_TIMEOUT", "0", "WAIT_TIMEOUT must be a whole number above 0"),
         ("API_NODE", "fake-manager", "must name different nodes"),
+        ("RATE_LIMIT", "0", "RATE_LIMIT must be a whole number from 1 to 100000"),
+        ("RATE_LIMIT", "20r", "RATE_LIMIT must be a whole number"),
+        ("RATE_BURST", "10", "RATE_BURST must be a whole number from 26 to 100000"),
+        ("CONN_LIMIT", "1e3", "CONN_LIMIT must be a whole number from 25"),
+        ("CONN_LIMIT", "9999999", "CONN_LIMIT must be a whole number from 25 to 100000"),
     ],
 )
 def test_a_bad_setting_is_refused_before_any_step(
@@ -1403,7 +1469,8 @@ def test_verify_spec_checks_fail_on_a_root_password_given_to_the_api(tmp_path: P
     now.tasks[:2] = [task(now.api, 1, node="node-3"), task(now.api, 2, node="node-3")]
     stack = swarm_state.Stack.read(STACK, snapshot(tmp_path, now))
     lines = swarm_state.spec_checks(stack, 28080, 28443)
-    assert [line[:4] for line in lines] == ["PASS", "PASS", "PASS", "PASS", "FAIL"]
+    assert [line[:4] for line in lines[:5]] == ["PASS", "PASS", "PASS", "PASS", "FAIL"]
+    assert all(line.startswith("PASS") for line in lines[5:])
 
 
 def test_a_log_line_is_found_by_its_request_id_as_json() -> None:
@@ -1503,12 +1570,15 @@ def test_every_request_gets_its_headers_from_one_place(monkeypatch: pytest.Monke
     seen: list[dict[str, str]] = []
     original = api_checks.request_headers
 
-    def spy(extra: Any = None, *, json_body: bool = False) -> dict[str, str]:
-        headers = original(extra, json_body=json_body)
+    def spy(
+        extra: Any = None, *, json_body: bool = False, key: str | None = None
+    ) -> dict[str, str]:
+        headers = original(extra, json_body=json_body, key=key)
         seen.append(headers)
         return headers
 
     monkeypatch.setattr(api_checks, "request_headers", spy)
+    monkeypatch.setattr(api_checks, "KEY", ADMIN_KEY)
     server = PatchServer(("127.0.0.1", 0), PatchHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -1517,6 +1587,7 @@ def test_every_request_gets_its_headers_from_one_place(monkeypatch: pytest.Monke
     finally:
         server.shutdown()
     assert len(seen) == 2 + api_checks.RACERS  # the POST, 24 PATCHes, the DELETE
+    assert {h.get("Authorization") for h in seen} == {f"Bearer {ADMIN_KEY}"}
 
 
 # --- more refusals ------------------------------------------------------------------------------
@@ -1572,6 +1643,11 @@ def test_nodes_refuse_a_manager_made_without_its_endpoint(sandbox: Path) -> None
     [
         ("mongo_backup_password", None, "run '"),
         ("mongo_app_password", "two\nlines", "holds control characters"),
+        ("api_keys", None, "no API key file"),
+        # A key file the API would refuse (its own rules, named by line; never a key echoed).
+        ("api_keys", "admin write sha256:" + "A" * 64 + "\n", "line 1: key admin: the third"),
+        ("api_keys", KEY_LINES + "admin read sha256:" + "b" * 64, "line 4: the name admin is"),
+        ("api_keys", "usersapi_" + "k" * 43 + "\n", "line 1: expected NAME SCOPE sha256:HEX"),
     ],
 )
 def test_deploy_refuses_missing_or_garbled_secrets_before_anything(
@@ -1590,6 +1666,7 @@ def test_deploy_refuses_missing_or_garbled_secrets_before_anything(
     )
     assert run.rc == 1
     assert message in run.stderr
+    assert "k" * 43 not in run.stderr
     assert not run.called(r"manifest|secret create|service create|stack deploy")
 
 
@@ -1618,3 +1695,440 @@ def test_only_labels_needs_the_node_names_on_ones_own_swarm(sandbox: Path) -> No
     run = swarm(sandbox, "status", rules=rules, SWARM_CONTEXT=OWN)
     assert run.rc == 0, run.stderr
     assert run.called(r"^--context prod stack ps --filter desired-state=running fake$")
+
+
+# --- API keys -----------------------------------------------------------------------------------
+KEY_FILE_CASES = [
+    "admin write sha256:" + "a" * 64,
+    "# a comment\n\nadmin write sha256:" + "a" * 64 + "\nci read sha256:" + "b" * 64,
+    "admin write sha256:" + "A" * 64,
+    "admin admin sha256:" + "a" * 64,
+    "admin write " + "a" * 64,
+    "admin write",
+    "admin write sha256:" + "a" * 64 + " extra",
+    "a b write sha256:" + "a" * 64,
+    "x" * 65 + " read sha256:" + "a" * 64,
+    "admin write sha256:" + "a" * 64 + "\nadmin read sha256:" + "b" * 64,
+    "usersapi_" + "k" * 43,
+    "",
+]
+
+
+@pytest.mark.parametrize("text", KEY_FILE_CASES)
+def test_the_key_file_is_checked_by_the_apis_own_rules(text: str) -> None:
+    """stack/api_keys.py, which runs without the API's requirements, accepts exactly what
+    the API accepts (usersapi_auth.parse_keys) and names the same line."""
+    try:
+        theirs = [(k.name, k.scope, k.digest.hex()) for k in usersapi_auth.parse_keys(text)]
+        their_error = ""
+    except usersapi_auth.KeyFileError as exc:
+        theirs, their_error = [], str(exc)
+    try:
+        ours = [(k.name, k.scope, k.digest[7:]) for k in api_keys.parse(text)]
+        our_error = ""
+    except api_keys.KeyFileError as exc:
+        ours, our_error = [], str(exc)
+    assert ours == theirs
+    assert our_error.split(":")[0] == their_error.split(":")[0]
+    assert "k" * 43 not in our_error
+
+
+def test_a_generated_key_and_its_line_follow_the_contract() -> None:
+    done = subprocess.run(
+        [sys.executable, str(SWARM_SH.parent / "api_keys.py"), "new", "ci", "read"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    line, key = done.stdout.splitlines()
+    assert re.fullmatch(r"usersapi_[A-Za-z0-9_-]{43}", key)
+    assert line == f"ci read sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def test_secrets_makes_the_stacks_two_keys_once(sandbox: Path) -> None:
+    folder = sandbox / "secrets"
+    for name in ("api_keys", "api_key", "verify_key", "tls.crt", "tls.key"):
+        (folder / name).unlink()
+    first = swarm(sandbox, "secrets")
+    assert first.rc == 0, first.stderr
+    admin = (folder / "api_key").read_text().strip()
+    verify = (folder / "verify_key").read_text().strip()
+    lines = (folder / "api_keys").read_text()
+    for name in ("api_keys", "api_key", "verify_key"):
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o600, name
+    assert f"admin write sha256:{hashlib.sha256(admin.encode()).hexdigest()}" in lines
+    assert f"verify read sha256:{hashlib.sha256(verify.encode()).hexdigest()}" in lines
+    assert admin not in first.stdout + first.stderr
+    second = swarm(sandbox, "secrets")
+    assert second.rc == 0, second.stderr
+    assert (folder / "api_key").read_text().strip() == admin
+    assert (folder / "api_keys").read_text() == lines
+    assert "admin (write) is in" in second.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["api-key", "ci", "reed"], "scope is read or write, not 'reed'"),
+        (["api-key", "ci"], "api-key needs a name and a scope"),
+        (["api-key"], "api-key needs a name and a scope"),
+        (["api-key", "a b", "read"], "name is 1 to 64 letters"),
+        (["api-key", "--revoke"], "api-key --revoke needs the key's name"),
+        (["api-key", "ci", "read", "status"], "api-key runs alone"),
+        (["status", "api-key", "--revoke", "ci"], "api-key runs alone"),
+    ],
+)
+def test_api_key_refuses_bad_words_before_anything(
+    sandbox: Path, args: list[str], message: str
+) -> None:
+    before = (sandbox / "secrets" / "api_keys").read_text()
+    run = swarm(sandbox, *args)
+    assert run.rc == 2
+    assert message in run.stderr
+    assert run.calls == []
+    assert (sandbox / "secrets" / "api_keys").read_text() == before
+
+
+def api_key_rules(extra: list[Rule] | None = None) -> list[Rule]:
+    """A stack whose deploy converges on the key file the run wrote."""
+    after = healthy_swarm(keys_secret=f"{STACK}_api_keys_@API_KEYS_HASH@")
+    rules = deploy_rules(healthy_swarm(), after, extra)
+    rules.insert(
+        len(extra or []),
+        {
+            "pattern": r"stack deploy --with-registry-auth",
+            "mark": "deployed",
+            "save_env": ["API_KEYS_HASH"],
+        },
+    )
+    return rules
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["api-key", "--revoke", "nobody"], "no key named nobody in"),
+        (["api-key", "--revoke", "admin"], "admin is one of the stack's own keys"),
+        (["api-key", "--revoke", "verify"], "verify is one of the stack's own keys"),
+        (["api-key", "admin", "read"], "a key named admin exists already"),
+    ],
+)
+def test_api_key_refuses_an_unknown_own_or_taken_name_with_nothing_changed(
+    sandbox: Path, args: list[str], message: str
+) -> None:
+    run = swarm(sandbox, *args, rules=api_key_rules(), REGISTRY="registry.lab:5000")
+    assert run.rc == 1
+    assert message in run.stderr
+    assert not run.called(r"stack deploy|secret create|service create|manifest")
+    assert (sandbox / "secrets" / "api_keys").read_text() == KEY_LINES
+
+
+def test_api_key_adds_a_line_rolls_the_api_out_and_prints_the_key_last(sandbox: Path) -> None:
+    run = swarm(
+        sandbox,
+        "api-key",
+        "ci-reader",
+        "read",
+        rules=api_key_rules(),
+        VERSION="9.9.9",
+        REGISTRY="registry.lab:5000",
+    )
+    assert run.rc == 0, run.stderr
+    key = run.stdout.splitlines()[-1]
+    assert re.fullmatch(r"usersapi_[A-Za-z0-9_-]{43}", key)
+    lines = (sandbox / "secrets" / "api_keys").read_text()
+    assert lines.startswith(KEY_LINES)
+    assert lines[len(KEY_LINES) :] == (
+        f"ci-reader read sha256:{hashlib.sha256(key.encode()).hexdigest()}\n"
+    )
+    assert stat.S_IMODE((sandbox / "secrets" / "api_keys").stat().st_mode) == 0o600
+    assert run.stdout.count(key) == 1
+    assert key not in run.stderr
+    assert not [c for c in run.calls if key in json.dumps(c)]
+    assert not [p for p in (sandbox / "secrets").iterdir() if key in p.read_text()]
+    assert deployed(run, "API_KEYS_HASH") == short_hash(lines)
+    assert deployed(run, "API_IMAGE") == IMAGE  # the running image, whatever VERSION says
+
+
+def test_api_key_revoke_removes_the_line_and_rolls_the_api_out(sandbox: Path) -> None:
+    extra = "ci read sha256:" + "c" * 64 + "\n"
+    (sandbox / "secrets" / "api_keys").write_text(KEY_LINES + extra)
+    run = swarm(
+        sandbox, "api-key", "--revoke", "ci", rules=api_key_rules(), REGISTRY="registry.lab:5000"
+    )
+    assert run.rc == 0, run.stderr
+    assert (sandbox / "secrets" / "api_keys").read_text() == KEY_LINES
+    assert deployed(run, "API_KEYS_HASH") == short_hash(KEY_LINES)
+    assert run.stdout.splitlines()[-1].startswith("api-key: ci revoked")
+
+
+@pytest.mark.parametrize("how", ["rolled back", "Ctrl-C"])
+def test_api_key_that_does_not_reach_the_api_gives_no_key_and_restores_the_file(
+    sandbox: Path, how: str
+) -> None:
+    if how == "Ctrl-C":
+        extra: list[Rule] = [{"pattern": r"stack deploy --with-registry-auth", "interrupt": True}]
+        rules = api_key_rules(extra)
+    else:
+        after = healthy_swarm()
+        after.api["UpdateStatus"] = {"State": "rollback_completed", "Message": "rolled back"}
+        rules = deploy_rules(healthy_swarm(), after)
+    run = swarm(
+        sandbox, "api-key", "ci", "write", rules=rules, session=True, REGISTRY="registry.lab:5000"
+    )
+    assert run.rc == (130 if how == "Ctrl-C" else 1)
+    assert not re.search(r"usersapi_[A-Za-z0-9_-]{43}", run.stdout + run.stderr)
+    assert (sandbox / "secrets" / "api_keys").read_text() == KEY_LINES
+    assert "the API key file is as it was" in run.stdout
+
+
+def test_deploy_gives_the_api_its_key_file_as_a_versioned_secret(sandbox: Path) -> None:
+    run = steady_deploy(sandbox)
+    assert run.rc == 0, run.stderr
+    assert deployed(run, "API_KEYS_HASH") == short_hash(KEY_LINES)
+    stack = (SWARM_SH.parent / "docker-stack.yml").read_text()
+    assert "API_KEYS_FILE: /run/secrets/api_keys" in stack
+    assert "name: ${STACK_NAME:-semana4}_api_keys_${API_KEYS_HASH:-v1}" in stack
+
+
+# --- the ingress's limits (their bounds: test_a_bad_setting_is_refused_before_any_step) -------
+def test_deploy_passes_the_limits_and_waits_for_the_ingress_to_hold_them(sandbox: Path) -> None:
+    limits = {"RATE_LIMIT": "50", "RATE_BURST": "80", "CONN_LIMIT": "64"}
+    stale = healthy_swarm()  # the ingress still has the defaults: never converged
+    run = deploy_from(sandbox, healthy_swarm(), stale, **limits)
+    assert run.rc == 1
+    for name, value in limits.items():
+        assert deployed(run, name) == value
+    assert "fake_ingress: its spec does not hold this deploy's env RATE_LIMIT=50" in run.stdout
+    default = steady_deploy(sandbox)
+    assert default.rc == 0, default.stderr
+    assert {n: deployed(default, n) for n in limits} == LIMITS
+
+
+# --- your own certificate -------------------------------------------------------------------------
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Certificates for the deploy's checks, made with openssl: good.crt (localhost, a year,
+    with its CA's certificate after it, as fullchain.pem), soon.crt (10 days), other.crt (for
+    api.example.com), expired.crt (2020, signed with `openssl ca`, which takes dates in the
+    past where `req -days` cannot), and a second key, other.key."""
+    d = tmp_path_factory.mktemp("certificates")
+    (d / "index.txt").write_text("")
+    (d / "serial").write_text("01\n")
+    (d / "ca.cnf").write_text(
+        "[ca]\ndefault_ca = test\n[test]\ndir = .\ndatabase = index.txt\nnew_certs_dir = .\n"
+        "serial = serial\ndefault_md = sha256\npolicy = any\ncopy_extensions = copy\n"
+        "unique_subject = no\n[any]\ncommonName = supplied\n"
+    )
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=CA",
+            "-keyout", "ca.key", "-out", "ca.crt", cwd=d)  # fmt: skip
+    openssl("genpkey", "-algorithm", "RSA", "-out", "leaf.key", cwd=d)
+    openssl("genpkey", "-algorithm", "RSA", "-out", "other.key", cwd=d)
+    for name, host, dates in [
+        ("good", "localhost", ["-days", "365"]),
+        ("soon", "localhost", ["-days", "10"]),
+        ("other", "api.example.com", ["-days", "365"]),
+        ("expired", "localhost", ["-startdate", "20200101000000Z", "-enddate", "20210101000000Z"]),
+    ]:
+        openssl("req", "-new", "-key", "leaf.key", "-subj", f"/CN={host}", "-addext",
+                f"subjectAltName=DNS:{host}", "-out", f"{name}.csr", cwd=d)  # fmt: skip
+        openssl("ca", "-batch", "-config", "ca.cnf", "-cert", "ca.crt", "-keyfile", "ca.key",
+                "-in", f"{name}.csr", "-out", f"{name}.pem", "-notext", *dates, cwd=d)  # fmt: skip
+        (d / f"{name}.crt").write_text((d / f"{name}.pem").read_text() + (d / "ca.crt").read_text())
+    return d
+
+
+def file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.exists() else "none"
+
+
+def own_certificate_run(sandbox: Path, crt: Path, key: Path, **env: str) -> Run:
+    after = healthy_swarm(
+        cert_secret=f"{STACK}_tls_cert_{file_hash(crt)}",
+        key_secret=f"{STACK}_tls_key_{file_hash(key)}",
+    )
+    return swarm(
+        sandbox,
+        "deploy",
+        rules=deploy_rules(healthy_swarm(), after),
+        REGISTRY="registry.lab:5000",
+        env={"TLS_CERT_FILE": str(crt), "TLS_KEY_FILE": str(key), **env},
+    )
+
+
+@pytest.mark.parametrize(
+    ("files", "host", "message"),
+    [
+        (("good.crt", "other.key"), "localhost", "is not the key of the certificate"),
+        (("expired.crt", "leaf.key"), "localhost", "expired on Jan  1 00:00:00 2021 GMT"),
+        (("other.crt", "leaf.key"), "localhost", "does not cover PUBLIC_HOST=localhost"),
+        (("good.crt", "leaf.key"), "users.example.com", "does not cover PUBLIC_HOST=users.example"),
+        (("good.crt", "leaf.key"), "10.1.2.3", "does not cover PUBLIC_HOST=10.1.2.3"),
+        (("ca.cnf", "leaf.key"), "localhost", "holds no PEM certificate"),
+        (("good.crt", "good.crt"), "localhost", "holds no PEM private key"),
+        (("missing.crt", "leaf.key"), "localhost", "no such readable file"),
+    ],
+)
+def test_deploy_refuses_a_certificate_it_cannot_serve_with_nothing_changed(
+    sandbox: Path, certificates: Path, files: tuple[str, str], host: str, message: str
+) -> None:
+    crt, key = (certificates / name for name in files)
+    run = own_certificate_run(sandbox, crt, key, PUBLIC_HOST=host)
+    assert run.rc == 1
+    assert message in run.stderr
+    assert "nothing changed" in run.stderr
+    assert run.calls == []
+
+
+@pytest.mark.parametrize("given", ["TLS_CERT_FILE", "TLS_KEY_FILE"])
+def test_one_of_the_certificate_files_without_the_other_is_refused(
+    sandbox: Path, given: str
+) -> None:
+    run = swarm(sandbox, "deploy", env={given: "/etc/hostname"})
+    assert run.rc == 2
+    assert f"{given} is set without" in run.stderr
+    assert run.calls == []
+
+
+def test_a_certificate_of_ones_own_is_deployed_with_a_warning_when_it_expires_soon(
+    sandbox: Path, certificates: Path
+) -> None:
+    crt, key = certificates / "soon.crt", certificates / "leaf.key"
+    run = own_certificate_run(sandbox, crt, key)
+    assert run.rc == 0, run.stderr
+    assert "WARNING: the certificate in TLS_CERT_FILE" in run.stderr
+    assert "in less than 30 days: renew it soon" in run.stderr
+    assert deployed(run, "TLS_CERT_FILE") == str(crt)
+    assert deployed(run, "TLS_KEY_FILE") == str(key)
+    assert deployed(run, "TLS_CERT_HASH") == file_hash(crt)
+    good = own_certificate_run(sandbox, certificates / "good.crt", key)
+    assert good.rc == 0, good.stderr
+    assert "WARNING" not in good.stderr
+    assert "DNS:localhost; until" in good.stdout
+
+
+def test_without_a_certificate_of_ones_own_the_self_signed_one_is_deployed(sandbox: Path) -> None:
+    run = steady_deploy(sandbox)
+    assert run.rc == 0, run.stderr
+    assert deployed(run, "TLS_CERT_FILE") == str(sandbox / "secrets" / "tls.crt")
+    assert deployed(run, "TLS_KEY_FILE") == str(sandbox / "secrets" / "tls.key")
+
+
+# --- locked-down containers -----------------------------------------------------------------------
+def test_every_service_of_the_stack_file_is_locked_down_as_verify_expects() -> None:
+    stack = yaml.safe_load((SWARM_SH.parent / "docker-stack.yml").read_text())
+    assert set(stack["services"]) == set(swarm_state.LOCKDOWN)
+    for name, spec in stack["services"].items():
+        assert spec["read_only"] is True, name
+        assert spec["cap_drop"] == ["ALL"], name
+        assert set(spec.get("cap_add", [])) == swarm_state.LOCKDOWN[name], name
+        assert int(spec["deploy"]["resources"]["limits"]["pids"]) > 0, name
+        assert spec["logging"] == {
+            "driver": "json-file",
+            "options": {"max-size": "10m", "max-file": "3"},
+        }, name
+    text = (SWARM_SH.parent / "docker-stack.yml").read_text()
+    for capability in set().union(*swarm_state.LOCKDOWN.values()):
+        reason = rf"#[^\n]*\b{capability}\b[^\n]*: "  # "# CHOWN: why" or "# SETGID, SETUID: why"
+        assert re.search(reason, text), f"{capability} has no reason given"
+
+
+def test_short_lived_tasks_rotate_their_logs(sandbox: Path) -> None:
+    archive = sandbox / "dump.gz"
+    archive.write_bytes(gzip.compress(b"x"))
+    run = swarm(sandbox, "backup", str(sandbox / "b.gz"), rules=backup_rules(archive))
+    assert run.rc == 0, run.stderr
+    for call in run.matching(r"service create"):
+        args = [str(a) for a in call["args"]]
+        at = args.index("--log-driver")
+        assert args[at : at + 6] == [
+            "--log-driver",
+            "json-file",
+            "--log-opt",
+            "max-size=10m",
+            "--log-opt",
+            "max-file=3",
+        ]
+
+
+def test_lockdown_options_give_a_task_the_services_settings() -> None:
+    spec = healthy_swarm().ingress
+    assert swarm_state.lockdown_options(spec) == [
+        "--read-only",
+        "--cap-drop=ALL",
+        "--cap-add=CHOWN",
+        "--cap-add=SETGID",
+        "--cap-add=SETUID",
+        "--mount=type=tmpfs,target=/scratch,tmpfs-size=1024",
+        "--limit-pids=128",
+    ]
+
+
+API_PROBE = "write / {write}\n10001\nCapPrm:\t0\nCapEff:\t0\nCapBnd:\t{bounding}"
+INGRESS_PROBE = "write / refused\n0\nCapPrm:\t{mask}\nCapEff:\t{mask}\nCapBnd:\t{mask}"
+
+
+@pytest.mark.parametrize(
+    ("service", "probe", "verdict"),
+    [
+        ("api", API_PROBE.format(write="refused", bounding="0000000000000000"), "PASS"),
+        ("ingress", INGRESS_PROBE.format(mask="00000000000000c1"), "PASS"),
+        ("api", API_PROBE.format(write="ok", bounding="0"), "FAIL"),
+        ("api", API_PROBE.format(write="refused", bounding="00000000a80425fb"), "FAIL"),
+        ("ingress", INGRESS_PROBE.format(mask="00000000000004c1"), "FAIL"),
+        ("api", "sh: grep: not found", "FAIL"),
+    ],
+)  # fmt: skip
+def test_lockdown_from_inside_fails_on_a_writable_root_or_a_capability_too_many(
+    service: str, probe: str, verdict: str
+) -> None:
+    svc = {"api": healthy_swarm().api, "ingress": healthy_swarm().ingress}[service]
+    assert swarm_state.lockdown_check(svc, probe).startswith(verdict)
+
+
+def test_spec_checks_fail_on_a_service_that_is_not_locked_down(tmp_path: Path) -> None:
+    now = healthy_swarm()
+    now.api["Spec"]["TaskTemplate"]["ContainerSpec"]["CapabilityAdd"] = ["CAP_NET_RAW"]
+    now.tasks[:2] = [task(now.api, 1, node="node-3"), task(now.api, 2, node="node-3")]
+    now.ingress["Spec"]["UpdateConfig"]["Order"] = "stop-first"
+    stack = swarm_state.Stack.read(STACK, snapshot(tmp_path, now))
+    lines = {line.split()[1]: line for line in swarm_state.spec_checks(stack, 28080, 28443)}
+    assert lines["api"].startswith("FAIL  api locked down in its spec")
+    assert "cap_add NET_RAW (allowed: none)" in lines["api"]
+    assert lines["ingress"].startswith("PASS")
+    assert lines["mongo"].startswith("PASS")
+    now.api["Spec"]["UpdateConfig"]["Order"] = "stop-first"
+    stack = swarm_state.Stack.read(STACK, snapshot(tmp_path, now))
+    rolling = swarm_state.check_rolling_update(stack)
+    assert rolling.startswith("FAIL  the api rolls over start-first (UpdateConfig.Order stop-first")
+
+
+def test_a_deploy_without_the_certificate_never_swaps_the_one_the_ingress_serves(
+    sandbox: Path,
+) -> None:
+    yours = healthy_swarm(cert_secret=f"{STACK}_tls_cert_ffffffffffff")
+    run = deploy_from(sandbox, yours, healthy_swarm())
+    assert run.rc == 1
+    assert "the ingress serves a certificate other than the self-signed one" in run.stderr
+    assert f"secret {STACK}_tls_cert_ffffffffffff" in run.stderr
+    assert "nothing changed" in run.stderr
+    assert not run.called(r"secret create|stack deploy|service create")
+
+
+def test_secrets_replaces_an_own_key_whose_file_was_deleted(sandbox: Path) -> None:
+    folder = sandbox / "secrets"
+    for name in ("api_key", "tls.crt", "tls.key"):  # the fake certificate: a real one is made
+        (folder / name).unlink()
+    run = swarm(sandbox, "secrets")
+    assert run.rc == 0, run.stderr
+    admin = (folder / "api_key").read_text().strip()
+    assert admin != ADMIN_KEY
+    lines = (folder / "api_keys").read_text().splitlines()
+    assert f"admin write sha256:{hashlib.sha256(admin.encode()).hexdigest()}" in lines
+    assert f"verify read sha256:{hashlib.sha256(VERIFY_KEY.encode()).hexdigest()}" in lines
+    assert sum(line.startswith("admin ") for line in lines) == 1
+    assert "set the line of admin (write)" in run.stdout

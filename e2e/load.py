@@ -1,24 +1,27 @@
 """A modest, steady load on the API through the ingress, for the end-to-end run.
 
-  load.py run BASE_URL --out FILE [--rate N]
+  load.py run BASE_URL --key-file F --out FILE [--rate N]
       one thread creates users (POST /users), one reads (GET /users?limit=1), each N requests
-      a second, until SIGTERM or SIGINT; then writes what happened to FILE (JSON). A 503 with
-      Retry-After is honoured: the request is sent again after that many seconds (the API
-      answers so while a restore holds the lock, and touches no user). Anything else that is
-      not a success, or no answer at all, is a failed request.
-  load.py check BASE_URL FILE [--replaced-from ISO_TIME]
+      a second, until SIGTERM or SIGINT; then writes what happened to FILE (JSON). A 503 or a
+      429 with Retry-After is honoured: the request is sent again after that many seconds
+      (the API answers 503 while a restore holds the lock, and touches no user; the ingress
+      429 past its limits). Anything else that is not a success, or no answer at all, is a
+      failed request.
+  load.py check BASE_URL FILE --key-file F [--replaced-from ISO_TIME] [--outage]
       PASS/FAIL lines: no request failed, and every acknowledged write is there afterwards.
       With --replaced-from (when a restore's mongorestore began), a write sent before it was
       replaced by the restore, as a restore means to; every write sent at or after it must
-      be there.
+      be there. With --outage (a change that stops the ingress), failed requests are counted
+      and the longest time without a successful answer measured, not refused.
 
-Every request goes through stack/api_checks.py's request(), and so gets its headers from one
-place.
+Every request goes through stack/api_checks.py's request(), and so gets its headers, the API
+key (read from F) among them, from one place.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import signal
 import sys
@@ -29,10 +32,13 @@ from datetime import datetime
 from http.client import HTTPException
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
-from api_checks import Answer, line, request
+import api_checks
+from api_checks import Answer, line, read_key, request
 
 RETRIES = 30  # a 503 with Retry-After: 5 is honoured this many times at most (2.5 minutes)
+WAITS = {503, 429}  # answers whose Retry-After is honoured
 
 
 @dataclass
@@ -48,8 +54,9 @@ class Results:
     requests: int = 0
     writes: list[Write] = field(default_factory=list)
     reads: int = 0
-    waits: int = 0  # 503 + Retry-After answers honoured
+    waits: int = 0  # 503 or 429 + Retry-After answers honoured
     failures: list[str] = field(default_factory=list)
+    answered: list[float] = field(default_factory=list)  # when each success came
     started: float = 0.0
     stopped: float = 0.0
 
@@ -72,20 +79,26 @@ def patiently(
         except (OSError, HTTPException) as exc:
             with LOCK:
                 results.requests += 1
-                results.failures.append(f"{method} {path}: {type(exc).__name__}: {exc}")
+                results.failures.append(
+                    f"{time.time():.1f} {method} {path}: {type(exc).__name__}: {exc}"
+                )
             return None
         with LOCK:
             results.requests += 1
         retry_after = answer.header("Retry-After")
-        if answer.status == 503 and retry_after.isdigit():
+        if answer.status in WAITS and retry_after.isdigit():
             with LOCK:
                 results.waits += 1
             time.sleep(int(retry_after))
             continue
         if answer.status >= 300:
             with LOCK:
-                results.failures.append(f"{method} {path} -> {answer.status} {answer.body[:200]!r}")
+                results.failures.append(
+                    f"{time.time():.1f} {method} {path} -> {answer.status} {answer.body[:200]!r}"
+                )
             return None
+        with LOCK:
+            results.answered.append(time.time())
         return answer, sent
     with LOCK:
         results.failures.append(f"{method} {path}: still 503 after {RETRIES} tries")
@@ -139,19 +152,38 @@ def run(base: str, out: Path, rate: float) -> int:
     return 0
 
 
-def check(base: str, saved: Path, replaced_from: float | None) -> int:
+def longest_gap(data: dict[str, Any]) -> float:
+    """The longest time, in seconds, without a successful answer."""
+    times = sorted([float(data["started"]), *map(float, data["answered"]), float(data["stopped"])])
+    return max(b - a for a, b in itertools.pairwise(times))
+
+
+def check(base: str, saved: Path, replaced_from: float | None, *, outage: bool = False) -> int:
     data = json.loads(saved.read_text())
     writes = [Write(**w) for w in data["writes"]]
     seconds = data["stopped"] - data["started"]
-    lines = [
-        line(
-            f"load: {data['requests']} requests in {seconds:.0f} s "
-            f"({data['requests'] / max(seconds, 1):.1f}/s: {len(writes)} acknowledged writes, "
-            f"{data['reads']} reads), {data['waits']} answers 503 + Retry-After honoured, "
-            f"{len(data['failures'])} failed" + "".join(f"; {f}" for f in data["failures"][:3]),
-            ok=not data["failures"] and bool(writes),
-        )
-    ]
+    failures = data["failures"]
+    summary = (
+        f"load: {data['requests']} requests in {seconds:.0f} s "
+        f"({data['requests'] / max(seconds, 1):.1f}/s: {len(writes)} acknowledged writes, "
+        f"{data['reads']} reads), {data['waits']} answers 503 or 429 + Retry-After honoured, "
+        f"{len(failures)} failed"
+    )
+    if outage:
+        lines = [
+            line(
+                f"{summary} while the ingress was replaced (stop-first); the longest time "
+                f"without an answer: {longest_gap(data):.1f} s",
+                ok=bool(writes),
+            )
+        ]
+    else:
+        lines = [
+            line(
+                summary + "".join(f"; {f}" for f in failures[:3]),
+                ok=not failures and bool(writes),
+            )
+        ]
     kept = [w for w in writes if replaced_from is None or w.sent_at >= replaced_from]
     lost = [w for w in kept if not there(base, w)]
     replaced = [w for w in writes if w not in kept]
@@ -174,8 +206,15 @@ def check(base: str, saved: Path, replaced_from: float | None) -> int:
 
 
 def there(base: str, write: Write) -> bool:
-    answer = request(base, "GET", f"/users/{write.user_id}")
-    return answer.status == 200 and (answer.json() or {}).get("email") == write.email
+    """Whether the write is there (the reads pace themselves by the ingress's Retry-After)."""
+    for _ in range(RETRIES):
+        answer = request(base, "GET", f"/users/{write.user_id}")
+        retry_after = answer.header("Retry-After")
+        if answer.status in WAITS and retry_after.isdigit():
+            time.sleep(int(retry_after))
+            continue
+        return answer.status == 200 and (answer.json() or {}).get("email") == write.email
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,12 +228,16 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("url")
     verify.add_argument("saved", type=Path)
     verify.add_argument("--replaced-from", default=None, help="ISO time the restore began")
+    verify.add_argument("--outage", action="store_true", help="count failures, measure the gap")
+    for command in (start, verify):
+        command.add_argument("--key-file", type=Path, required=True, help="the API key's file")
     args = top.parse_args(argv)
+    api_checks.KEY = read_key(args.key_file)
     base = args.url.rstrip("/")
     if args.command == "run":
         return run(base, args.out, args.rate)
     since = datetime.fromisoformat(args.replaced_from).timestamp() if args.replaced_from else None
-    return check(base, args.saved, since)
+    return check(base, args.saved, since, outage=args.outage)
 
 
 if __name__ == "__main__":

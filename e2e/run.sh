@@ -4,14 +4,18 @@
 # a step fails; other containers on this engine are never touched.
 #
 #  1. The lab: stack/swarm.sh all drill as stack usersapi-e2e, its passwords holding a quote,
-#     ';', '#' and a space; a backup, a restore and a rotation of the application password, the
-#     last two under a steady load (e2e/load.py): no failed request, no lost acknowledged write;
-#     then down, which backs the users up first.
+#     ';', '#' and a space; a backup, a restore, a rotation of the application password, and an
+#     API key added then revoked, all under a steady load (e2e/load.py): no failed request, no
+#     lost acknowledged write, the new key answered 200 and, revoked, 401; then a certificate of
+#     its own (a CA's, with its chain) replaces the self-signed one under the same load, whose
+#     failed requests and longest gap are measured (the ingress is stop-first); then down,
+#     which backs the users up first.
 #  2. A swarm made without swarm.sh: three docker-in-docker nodes (usersapi-own-n1..3) joined
 #     by hand, the manager reached only through the Docker context usersapi-own (plain tcp on
 #     the nodes' private network: a lab endpoint); stack/swarm.sh labels secrets deploy verify
-#     drill, then down, which leaves the three nodes running; a `docker` that records every
-#     call (e2e/record_docker.py) shows that none touched a node container.
+#     drill with a certificate of its own (TLS_CERT_FILE), then down, which leaves the three
+#     nodes running; a `docker` that records every call (e2e/record_docker.py) shows that none
+#     touched a node container.
 #
 # Settings: the lab's stack comes from the environment tox sets (STACK_NAME, HTTP_PORT, ...);
 # E2E_DIR (default: a new temporary folder) holds secrets, backups and records;
@@ -60,10 +64,10 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# start_load NAME ... stop_load: e2e/load.py loads the API meanwhile, and writes what happened
-# to E2E_DIR/load-NAME.json for its check.
+# start_load NAME ... stop_load: e2e/load.py loads the API meanwhile, with the stack's write
+# key, and writes what happened to E2E_DIR/load-NAME.json for its check (check_load NAME).
 start_load() {
-  python3 e2e/load.py run "$HTTPS_URL" --out "$E2E_DIR/load-$1.json" &
+  python3 e2e/load.py run "$HTTPS_URL" --key-file "$SECRETS_DIR/api_key" --out "$E2E_DIR/load-$1.json" &
   LOAD_PID=$!
   sleep 10  # a steady load before the change
 }
@@ -73,6 +77,36 @@ stop_load() {
   kill -TERM "$LOAD_PID"
   wait "$LOAD_PID"
   LOAD_PID=""
+}
+
+check_load() {
+  local name=$1
+  shift
+  load_py check "$HTTPS_URL" "$E2E_DIR/load-$name.json" --key-file "$SECRETS_DIR/api_key" "$@"
+}
+
+# status_with KEY_FILE: the status of GET /users?limit=1 with the key in KEY_FILE, which curl
+# reads as a header file (the key on no command line).
+status_with() {
+  local header=$E2E_DIR/key.header
+  (umask 077 && printf 'Authorization: Bearer %s\n' "$(<"$1")" >"$header")
+  curl -sk -o /dev/null -w '%{http_code}' -H @"$header" "$HTTPS_URL/users?limit=1"
+  rm -f "$header"
+}
+
+# own_certificate DIR: a CA and a certificate it signs for localhost (DIR/fullchain.pem, the
+# certificate then the CA's, and DIR/privkey.pem, as certbot writes them).
+own_certificate() {
+  local dir=$1
+  mkdir -p "$dir"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 90 -subj "/CN=e2e test CA" \
+    -keyout "$dir/ca.key" -out "$dir/ca.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout "$dir/privkey.pem" \
+    -out "$dir/leaf.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$dir/leaf.ext"
+  openssl x509 -req -in "$dir/leaf.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial \
+    -days 90 -extfile "$dir/leaf.ext" -out "$dir/leaf.crt" 2>/dev/null
+  cat "$dir/leaf.crt" "$dir/ca.crt" >"$dir/fullchain.pem"
 }
 
 # --- 1. the lab -------------------------------------------------------------------------------
@@ -94,14 +128,43 @@ swarm_sh restore "$E2E_DIR/before-load.archive.gz" | tee "$E2E_DIR/restore.log"
 stop_load
 replaced_from=$(sed -n 's/^ *\([0-9T:.-]*Z\) (3) mongorestore started$/\1/p' "$E2E_DIR/restore.log")
 [ -n "$replaced_from" ] || fail "the restore did not say when mongorestore began"
-load_py check "$HTTPS_URL" "$E2E_DIR/load-restore.json" --replaced-from "$replaced_from"
+check_load restore --replaced-from "$replaced_from"
 
 say "lab: a new application password under load"
 start_load rotation
 openssl rand -hex 24 | tr -d '\n' >"$SECRETS_DIR/mongo_app_password"
 swarm_sh deploy
 stop_load
-load_py check "$HTTPS_URL" "$E2E_DIR/load-rotation.json"
+check_load rotation
+
+say "lab: an API key added, then revoked, under load"
+start_load keys
+# The new key is the output's last line: kept in a file of this run (mode 600), not shown.
+swarm_sh api-key e2e-client read >"$E2E_DIR/api-key.log"
+head -n -1 "$E2E_DIR/api-key.log"
+(umask 077 && tail -n 1 "$E2E_DIR/api-key.log" >"$E2E_DIR/e2e-client.key")
+rm -f "$E2E_DIR/api-key.log"
+grep -Eq '^usersapi_[A-Za-z0-9_-]{43}$' "$E2E_DIR/e2e-client.key" || fail "api-key did not end with the new key alone on its line"
+added=$(status_with "$E2E_DIR/e2e-client.key")
+[ "$added" = 200 ] || fail "the new key got $added, not 200"
+echo "PASS  the new key e2e-client reads through the ingress: GET /users -> $added"
+swarm_sh api-key --revoke e2e-client
+revoked=$(status_with "$E2E_DIR/e2e-client.key")
+[ "$revoked" = 401 ] || fail "the revoked key got $revoked, not 401"
+echo "PASS  the revoked key e2e-client gets GET /users -> $revoked through the ingress"
+rm -f "$E2E_DIR/e2e-client.key"
+stop_load
+check_load keys
+
+say "lab: a certificate of its own replaces the self-signed one, under load"
+own_certificate "$E2E_DIR/lab-certificate"
+start_load certificate
+TLS_CERT_FILE="$E2E_DIR/lab-certificate/fullchain.pem" TLS_KEY_FILE="$E2E_DIR/lab-certificate/privkey.pem" swarm_sh deploy
+stop_load
+check_load certificate --outage
+python3 stack/api_checks.py certificate "$HTTPS_URL" --cert-file "$E2E_DIR/lab-certificate/fullchain.pem" \
+  --kind "the certificate deployed under load" | tee "$E2E_DIR/certificate.log"
+grep -q '^PASS' "$E2E_DIR/certificate.log" || fail "the ingress does not serve the new certificate"
 
 say "lab: down (backs the users up first)"
 swarm_sh down | tee "$E2E_DIR/down.log"
@@ -142,8 +205,10 @@ own_swarm() {
     SWARM_CONTEXT="$OWN_CONTEXT" STACK_NAME="$OWN_PREFIX" DATABASE_NODE="${OWN_NODES[1]}" \
     INGRESS_NODE="${OWN_NODES[2]}" API_NODE="${OWN_NODES[0]}" HTTP_PORT="$OWN_HTTP_PORT" \
     HTTPS_PORT="$OWN_HTTPS_PORT" SECRETS_DIR="$E2E_DIR/own-secrets" BACKUP_DIR="$E2E_DIR/own-backups" \
+    TLS_CERT_FILE="$E2E_DIR/own-certificate/fullchain.pem" TLS_KEY_FILE="$E2E_DIR/own-certificate/privkey.pem" \
     bash stack/swarm.sh "$@"
 }
+own_certificate "$E2E_DIR/own-certificate"
 say "own swarm: stack/swarm.sh labels secrets deploy verify drill (SWARM_CONTEXT=$OWN_CONTEXT)"
 own_swarm labels secrets deploy verify drill
 say "own swarm: down"

@@ -1,8 +1,13 @@
 """What a client of the API sees, for verify and the drill: one PASS/FAIL line per check.
 
+  api_checks.py [--key-file FILE] COMMAND ...   every request presents the API key in FILE
   api_checks.py ready URL --timeout S        GET /ready until 200
   api_checks.py redirect HTTP_URL --https-port P
-  api_checks.py hsts URL | crud URL | race URL | metrics-closed URL | request-id-replaced URL
+  api_checks.py hsts URL | crud URL | metrics-closed URL | request-id-replaced URL
+  api_checks.py race URL [--rate R]          rounds RATE_LIMIT lets through at once
+  api_checks.py access URL --read-key-file FILE   no key: 401; a read key cannot write: 403
+  api_checks.py burst URL --rate R --burst B  past the ingress's limit: 429, then 200 again
+  api_checks.py certificate URL --cert-file FILE   the ingress serves FILE's certificate
   api_checks.py version URL --image IMAGE    /openapi.json reports the image's tag
   api_checks.py returned-ids URL PATH ID     prints the X-Request-ID values of the answer
   api_checks.py user-create URL TAG | user-delete URL ID   (prints the new user's id)
@@ -12,12 +17,14 @@
 verify runs it on this machine against the ingress (https, its self-signed certificate not
 checked, as `curl -k`); the drill feeds it to the api image's Python in a task on the stack's
 network, against the drill's own API (http). Every request goes through request() and gets
-its headers from request_headers(): a header every request needs is added there, once.
+its headers from request_headers(): a header every request needs is added there, once. The
+API key is read from a file (--key-file), so it is on no command line.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import socket
@@ -35,17 +42,29 @@ TIMEOUT = 10.0
 RACERS = 24
 RACE_ROUNDS = 10
 USERS_PAGE = 500
+# The API key every request presents (--key-file, or a program that imports this module).
+KEY = ""
+REALM = 'Bearer realm="usersapi"'
 
 
 def request_headers(
-    extra: Mapping[str, str] | None = None, *, json_body: bool = False
+    extra: Mapping[str, str] | None = None, *, json_body: bool = False, key: str | None = None
 ) -> dict[str, str]:
-    """The headers of every request: the one place to add a header all of them need."""
+    """The headers of every request: the one place to add a header all of them need. KEY
+    (the module's, unless another is given; "" for none) goes in Authorization."""
     headers = {"Accept": "application/json"}
+    presented = KEY if key is None else key
+    if presented:
+        headers["Authorization"] = f"Bearer {presented}"
     if json_body:
         headers["Content-Type"] = "application/json"
     headers.update(extra or {})
     return headers
+
+
+def read_key(path: Path) -> str:
+    """The key in PATH (its one line)."""
+    return path.read_text(encoding="utf-8").strip()
 
 
 def tls_context() -> ssl.SSLContext:
@@ -88,8 +107,10 @@ def request(
     *,
     headers: Mapping[str, str] | None = None,
     timeout: float = TIMEOUT,
+    key: str | None = None,
 ) -> Answer:
-    """One request to BASE + PATH, JSON BODY if given, on a connection of its own."""
+    """One request to BASE + PATH, JSON BODY if given, on a connection of its own, with KEY
+    (default: the module's KEY; "" for none)."""
     data = None if body is None else json.dumps(body).encode()
     conn = connection(base, timeout)
     try:
@@ -97,7 +118,7 @@ def request(
             method,
             urlsplit(base).path.rstrip("/") + path,
             body=data,
-            headers=request_headers(headers, json_body=data is not None),
+            headers=request_headers(headers, json_body=data is not None, key=key),
         )
         reply = conn.getresponse()
         return Answer(reply.status, reply.getheaders(), reply.read())
@@ -268,6 +289,125 @@ def metrics_closed(base: str) -> list[str]:
     ]
 
 
+# --- access control, limits, the certificate ---------------------------------------------------
+def challenge_line(
+    what: str, answer: Answer, status: int, challenge: str, *, ok: bool = True
+) -> str:
+    """A refusal as RFC 6750 says: STATUS, a problem document, the CHALLENGE exactly."""
+    got = answer.header("WWW-Authenticate")
+    kind = answer.header("Content-Type")
+    right = answer.status == status and got == challenge and kind == "application/problem+json"
+    return line(
+        f"{what} -> {answer.status} {kind}, WWW-Authenticate: {got or 'none'}", ok=ok and right
+    )
+
+
+def access(base: str, read_key_file: Path) -> list[str]:
+    """No key and an unknown key get 401, a read key reads and gets 403 on a write (which
+    writes nothing); answers from /users are never stored by a cache."""
+    reader = read_key(read_key_file)
+    anonymous = request(base, "GET", "/users?limit=1", key="")
+    unknown = request(base, "GET", "/users?limit=1", key="usersapi_" + "x" * 43)
+    reading = request(base, "GET", "/users?limit=1", key=reader)
+    tag = unique_tag("ro")
+    writing = request(base, "POST", "/users", new_user(tag), key=reader)
+    found = request(base, "GET", f"/users/search?q={tag}")
+    created = (found.json() or {}).get("total") if found.status == 200 else None
+    stores = {
+        "no key": anonymous.header("Cache-Control"),
+        "read key": reading.header("Cache-Control"),
+        "write key": found.header("Cache-Control"),
+    }
+    return [
+        challenge_line("GET /users without a key", anonymous, 401, REALM),
+        challenge_line(
+            "GET /users with an unknown key", unknown, 401, f'{REALM}, error="invalid_token"'
+        ),
+        line(f"a read key reads: GET /users -> {reading.status}", ok=reading.status == 200),
+        challenge_line(
+            f"a read key cannot write (the user it sent: {created} found afterwards): POST /users",
+            writing,
+            403,
+            f'{REALM}, error="insufficient_scope", scope="write"',
+            ok=created == 0,
+        ),
+        line(
+            "answers from /users are never stored by a cache: Cache-Control "
+            + ", ".join(f"{who}: {value or 'none'}" for who, value in stores.items()),
+            ok=all(value == "no-store" for value in stores.values()),
+        ),
+    ]
+
+
+def burst(base: str, rate: int, size: int) -> list[str]:
+    """GET /health on one keep-alive connection, as fast as it answers, until the ingress
+    refuses one (429) or far past RATE + SIZE; then, after the answer's Retry-After, one more
+    must pass. Afterwards it waits until the limit has forgotten the burst, so the checks
+    that follow start with all of it."""
+    conn = connection(base, TIMEOUT)
+    path = urlsplit(base).path.rstrip("/") + "/health"
+    sent, refused, statuses = 0, None, set()
+    start = time.monotonic()
+    try:
+        while sent < 3 * (size + rate) and refused is None:
+            conn.request("GET", path, headers=request_headers(key=""))
+            reply = conn.getresponse()
+            answer = Answer(reply.status, reply.getheaders(), reply.read())
+            sent += 1
+            statuses.add(answer.status)
+            if answer.status == 429:
+                refused = answer
+    finally:
+        conn.close()
+    took = time.monotonic() - start
+    if refused is None:
+        return [
+            line(f"burst: {sent} requests in {took:.1f} s, none refused ({statuses})", ok=False)
+        ]
+    retry = refused.header("Retry-After")
+    wait = int(retry) if retry.isdigit() else 1
+    time.sleep(wait)
+    again = request(base, "GET", "/health", key="")
+    time.sleep((size + 1) / rate)
+    problem = (refused.json() or {}).get("title", "") if refused.body else ""
+    return [
+        line(
+            f"a burst beyond the ingress's limit ({rate} r/s, burst {size}): request {sent} of "
+            f"{took:.1f} s -> 429 {refused.header('Content-Type')} {problem}, Retry-After: "
+            f"{retry or 'none'}; after {wait} s GET /health -> {again.status}",
+            ok=retry.isdigit()
+            and refused.header("Content-Type") == "application/problem+json"
+            and again.status == 200,
+        )
+    ]
+
+
+def fingerprint(der: bytes) -> str:
+    digest = hashlib.sha256(der).hexdigest().upper()
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+
+
+def certificate(base: str, cert_file: Path, kind: str) -> list[str]:
+    """The certificate the ingress serves to PUBLIC_HOST (SNI) is the first one of CERT_FILE."""
+    parts = urlsplit(base)
+    host = parts.hostname or "localhost"
+    pem = cert_file.read_text(encoding="ascii")
+    first = pem[: pem.index("-----END CERTIFICATE-----") + len("-----END CERTIFICATE-----")]
+    want = fingerprint(ssl.PEM_cert_to_DER_cert(first))
+    with socket.create_connection((host, parts.port or 443), timeout=TIMEOUT) as raw:
+        server_name = None if re.fullmatch(r"[0-9.]+|.*:.*", host) else host
+        with tls_context().wrap_socket(raw, server_hostname=server_name) as tls:
+            served = tls.getpeercert(binary_form=True) or b""
+    got = fingerprint(served)
+    return [
+        line(
+            f"the ingress serves {kind} ({cert_file.name}): SHA-256 fingerprint {got[:23]}..."
+            + ("" if got == want else f", expected {want[:23]}..."),
+            ok=got == want,
+        )
+    ]
+
+
 # --- the race ---------------------------------------------------------------------------------
 class Racer:
     """One PATCH on a connection of its own, sent but for its last byte until release().
@@ -383,18 +523,21 @@ def race_round(base: str) -> tuple[list[int], bool]:
     return statuses, overlapped
 
 
-def race(base: str) -> list[str]:
+def race(base: str, rate: float = 0) -> list[str]:
     """The compare-and-set lets exactly one of RACERS overlapping PATCHes through. A busy
     machine may take longer to release them all than the API takes to answer the first:
     such a round proves no overlap, so up to RACE_ROUNDS rounds run until one does; every
-    round must let exactly one through."""
+    round must let exactly one through. Between rounds a busy moment of the machine passes,
+    and the ingress's limit (RATE requests a second) forgets the round's requests, so a round
+    never finds its burst used up by the one before."""
+    pause = 1 + (RACERS + 2) / rate if rate else 1
     results = []
     for _ in range(RACE_ROUNDS):
         statuses, overlapped = race_round(base)
         results.append((statuses.count(200), statuses.count(412), overlapped))
         if overlapped:
             break
-        time.sleep(1)  # a busy moment of the machine passes
+        time.sleep(pause)
     right = all(wins == 1 and stale == RACERS - 1 for wins, stale, _ in results)
     proven = results[-1][2]
     counts = "; ".join(
@@ -535,9 +678,26 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="api_checks.py", description="checks of the API, as a client sees it"
     )
+    top.add_argument(
+        "--key-file", type=Path, help="a file holding the API key every request presents"
+    )
     sub = top.add_subparsers(dest="command", required=True)
-    for name in ("hsts", "crud", "race", "metrics-closed", "request-id-replaced", "drill-locked"):
+    for name in ("hsts", "crud", "metrics-closed", "request-id-replaced", "drill-locked"):
         sub.add_parser(name).add_argument("url")
+    cmd = sub.add_parser("race")
+    cmd.add_argument("url")
+    cmd.add_argument("--rate", type=float, default=0, help="the ingress's RATE_LIMIT")
+    cmd = sub.add_parser("access")
+    cmd.add_argument("url")
+    cmd.add_argument("--read-key-file", type=Path, required=True)
+    cmd = sub.add_parser("burst")
+    cmd.add_argument("url")
+    cmd.add_argument("--rate", type=int, required=True)
+    cmd.add_argument("--burst", type=int, required=True)
+    cmd = sub.add_parser("certificate")
+    cmd.add_argument("url")
+    cmd.add_argument("--cert-file", type=Path, required=True)
+    cmd.add_argument("--kind", default="the certificate")
     cmd = sub.add_parser("ready")
     cmd.add_argument("url")
     cmd.add_argument("--timeout", type=float, default=60)
@@ -567,7 +727,6 @@ def run(args: argparse.Namespace) -> list[str]:  # noqa: PLR0911 - one branch pe
     simple = {
         "hsts": hsts,
         "crud": crud,
-        "race": race,
         "metrics-closed": metrics_closed,
         "request-id-replaced": request_id_replaced,
         "drill-locked": drill_locked,
@@ -576,6 +735,14 @@ def run(args: argparse.Namespace) -> list[str]:  # noqa: PLR0911 - one branch pe
         return simple[command](base)
     if command == "ready":
         return ready(base, args.timeout)
+    if command == "race":
+        return race(base, args.rate)
+    if command == "access":
+        return access(base, args.read_key_file)
+    if command == "burst":
+        return burst(base, args.rate, args.burst)
+    if command == "certificate":
+        return certificate(base, args.cert_file, args.kind)
     if command == "redirect":
         return redirect(base, args.https_port)
     if command == "version":
@@ -594,8 +761,11 @@ def run(args: argparse.Namespace) -> list[str]:  # noqa: PLR0911 - one branch pe
 
 
 def main(argv: list[str] | None = None) -> int:
+    global KEY  # noqa: PLW0603 - set once, from the command line, before any request
     args = parser().parse_args(argv)
     try:
+        if args.key_file is not None:
+            KEY = read_key(args.key_file)
         lines = run(args)
     except (OSError, HTTPException, ValueError, KeyError, RuntimeError) as exc:
         print(f"FAIL  {args.command}: {type(exc).__name__}: {exc}")

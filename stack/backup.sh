@@ -11,9 +11,9 @@
 #
 # Uses swarm.sh's settings (STACK_NAME, MONGO_DB, MONGO_BACKUP_USER, MONGO_ROOT_USER,
 # BACKUP_DIR, RESTORE_LOCK_SECONDS, WAIT_TIMEOUT, ENDPOINT_CONTEXT) and helpers (step, info,
-# die, tally, show_sw, sw, defer, require_stack, make_workdir, service_json, state_py) and
-# tasks.sh's (task_start, task_exec, task_python, task_remove, secret_option); resets
-# swarm.sh's CHECKS and FAILED in the drill.
+# die, tally, show_sw, sw, defer, require_stack, make_workdir, service_json, state_py),
+# tasks.sh's (task_start, task_exec, task_python, task_remove, secret_option,
+# TASK_LOG_OPTIONS) and keys.sh's keys_py; resets swarm.sh's CHECKS and FAILED in the drill.
 
 TOOLS_CONFIG=/run/secrets/backup_config
 DRILL_PORT=8000
@@ -209,10 +209,17 @@ drill_round_trip() {
   local op_ms
   op_ms=$(state_py env "$work/api.json" MONGO_OP_TIMEOUT_MS 2>/dev/null || echo 5000)
 
-  # Its MongoDB user, with a password that exists only as a swarm secret.
+  # Its MongoDB user, with a password that exists only as a swarm secret; and its API key,
+  # which only its client holds (a secret), its API the key's line.
   openssl rand -hex 24 | tr -d '\n' | sw secret create --label "usersapi.task=$STACK_NAME" "$secret" - >/dev/null ||
     die "could not create the drill's secret"
   defer remove_secret "$secret"
+  local key_line
+  key_line=$(keys_py new drill write) || die "could not make the drill's API key"
+  sed -n 2p <<<"$key_line" | tr -d '\n' | sw secret create --label "usersapi.task=$STACK_NAME" "$secret-key" - >/dev/null ||
+    die "could not create the drill's key secret"
+  defer remove_secret "$secret-key"
+  key_line=$(sed -n 1p <<<"$key_line")
   local admin_cid
   task_start admin_cid drill-admin "$image" --network "${STACK_NAME}_back" \
     "$(secret_option "$work/mongo.json" mongo_root_password)" \
@@ -228,11 +235,12 @@ drill_round_trip() {
     --env "MONGO_AUTH_SOURCE=$db" --env MONGO_PASSWORD_FILE=/run/secrets/drill_password
     --env "MONGO_OP_TIMEOUT_MS=$op_ms" --env LOG_FORMAT=json)
   api_name=$STACK_NAME-drill-api-$tag
-  show_sw service create --name "$api_name" --network "${STACK_NAME}_back" "${env[@]}" "${image%@*}"
+  show_sw service create --name "$api_name" --network "${STACK_NAME}_back" "${env[@]}" --env "API_KEYS=$key_line" "${image%@*}"
   sw service create --detach --quiet --name "$api_name" --label "usersapi.task=$STACK_NAME" \
     --network "${STACK_NAME}_back" --endpoint-mode dnsrr --restart-condition none --with-registry-auth \
+    --read-only --cap-drop ALL "${TASK_LOG_OPTIONS[@]}" \
     "--secret=source=$secret,target=drill_password,uid=10001,gid=10001,mode=0400" \
-    "${env[@]}" "$image" >/dev/null || die "could not create the drill's API service"
+    "${env[@]}" --env "API_KEYS=$key_line" "$image" >/dev/null || die "could not create the drill's API service"
   defer task_remove "$api_name"
   local base=http://$api_name:$DRILL_PORT
 
@@ -240,10 +248,11 @@ drill_round_trip() {
   # user's credentials (for the restore lock).
   task_start runner_cid drill "$image" --network "${STACK_NAME}_back" "${env[@]}" \
     "--secret=source=$secret,target=drill_password,uid=10001,gid=10001,mode=0400" \
+    "--secret=source=$secret-key,target=drill_key,uid=10001,gid=10001,mode=0400" \
     "--secret=source=$(backup_secret),target=backup_config,uid=10001,gid=10001,mode=0400"
   tools_task tools_cid "$work"
-  local state=/tmp/drill-state.json
-  task_python 180 "$runner_cid" api_checks.py drill-seed "$base" "$state"
+  local state=/tmp/drill-state.json client=(api_checks.py --key-file /run/secrets/drill_key)
+  task_python 180 "$runner_cid" "${client[@]}" drill-seed "$base" "$state"
 
   local archive=$work/drill.archive.gz
   dump_to "$tools_cid" "$db" "$archive"
@@ -252,10 +261,10 @@ drill_round_trip() {
   else
     printf 'FAIL  drill: backup file mode %s or not intact\n' "$(stat -c %a "$archive")"
   fi
-  task_python 60 "$runner_cid" api_checks.py drill-change "$base" "$state"
+  task_python 60 "$runner_cid" "${client[@]}" drill-change "$base" "$state"
   dry_run "$tools_cid" "$db" "$archive"
   restore_locked "$runner_cid" "$tools_cid" "$db" "$archive" "$op_ms" \
-    task_python 60 "$runner_cid" api_checks.py drill-locked "$base"
-  task_python 120 "$runner_cid" api_checks.py drill-check "$base" "$state"
+    task_python 60 "$runner_cid" "${client[@]}" drill-locked "$base"
+  task_python 120 "$runner_cid" "${client[@]}" drill-check "$base" "$state"
   task_python 60 "$runner_cid" inside_checks.py duplicate-refused --state "$state"
 }

@@ -2,13 +2,15 @@
 # The labels, secrets, build, push and deploy steps of stack/swarm.sh, which sources this file.
 #
 # Uses swarm.sh's settings (STACK_NAME, DATABASE_NODE, INGRESS_NODE, API_NODE, SECRETS_DIR,
-# PUBLIC_HOST, TLS_DAYS, API_IMAGE, API_IMAGE_SET, VERSION, VERSION_SET, BASE_IMAGE,
-# API_REPLICAS, MONGO_ROOT_USER, MONGO_BACKUP_USER, MONGO_DB, APP_USERS, HTTP_PORT, HTTPS_PORT,
-# WAIT_TIMEOUT, CALL_TIMEOUT, ENDPOINT_CONTEXT, PROJECT_DIR, STACK_DIR) and helpers (step, info,
-# die, run, run_sw, run_sw_quiet, sw, show_sw, show_cmd, quietly, bounded, require_swarm,
-# make_workdir, snapshot, service_json, service_image, state_py, api_nodes) and tasks.sh's
-# (task_start, task_python). Sets swarm.sh's IMAGE_FROM_THIS_RUN (build and push: deploy then
-# uses API_IMAGE).
+# PUBLIC_HOST, TLS_DAYS, TLS_CERT_FILE, TLS_KEY_FILE, TLS_CERT_PATH, TLS_KEY_PATH, API_IMAGE,
+# API_IMAGE_SET, VERSION, VERSION_SET, BASE_IMAGE, API_REPLICAS, MONGO_ROOT_USER,
+# MONGO_BACKUP_USER, MONGO_DB, APP_USERS, HTTP_PORT, HTTPS_PORT, RATE_LIMIT, RATE_BURST,
+# CONN_LIMIT, API_KEYS_PATH, WAIT_TIMEOUT, CALL_TIMEOUT, ENDPOINT_CONTEXT, PROJECT_DIR,
+# STACK_DIR) and helpers (step, info, die, run, run_sw, run_sw_quiet, sw, show_sw, show_cmd,
+# quietly, bounded, require_swarm, make_workdir, snapshot, service_json, service_image,
+# state_py, api_nodes), tasks.sh's (task_start, task_python) and keys.sh's (make_api_keys,
+# require_key_file). Sets swarm.sh's IMAGE_FROM_THIS_RUN (build and push: deploy then uses
+# API_IMAGE).
 
 # --- labels -----------------------------------------------------------------------------------
 APP_LABELS=" database ingress api "
@@ -54,7 +56,7 @@ subject_alt_names() {  # subject_alt_names HOST: HOST, localhost and 127.0.0.1, 
 PASSWORD_FILES="mongo_root_password mongo_app_password mongo_backup_password"
 
 cmd_secrets() {
-  step "secrets: MongoDB root, application and backup passwords and a self-signed TLS certificate in $SECRETS_DIR"
+  step "secrets: MongoDB root, application and backup passwords, the API keys and a self-signed TLS certificate in $SECRETS_DIR"
   local crt=$SECRETS_DIR/tls.crt key=$SECRETS_DIR/tls.key name
   (umask 077 && mkdir -p "$SECRETS_DIR")
   for name in $PASSWORD_FILES; do
@@ -65,7 +67,11 @@ cmd_secrets() {
       (umask 077 && openssl rand -hex 24 | tr -d '\n' >"$SECRETS_DIR/$name")
     fi
   done
-  if [ -s "$crt" ] && [ -s "$key" ]; then
+  make_api_keys
+  if [ -n "$TLS_CERT_FILE" ]; then
+    info "TLS certificate: yours, TLS_CERT_FILE=$TLS_CERT_FILE (no self-signed one made)"
+    crt=$TLS_CERT_FILE
+  elif [ -s "$crt" ] && [ -s "$key" ]; then
     info "TLS certificate exists, reusing it ($crt)"
   else
     local san
@@ -76,7 +82,7 @@ cmd_secrets() {
     chmod 644 "$crt"
   fi
   run openssl x509 -in "$crt" -noout -subject -enddate -ext subjectAltName
-  info "kept out of git (.gitignore: stack/.secrets/), readable by their owner only but the certificate; contents are never printed:"
+  info "kept out of git (.gitignore: stack/.secrets/), readable by their owner only but the certificate; contents are never printed (api_keys holds the keys' SHA-256, never a key):"
   run ls -l "$SECRETS_DIR"
 }
 
@@ -132,6 +138,62 @@ cmd_push() {
     die "push failed: for Docker Hub run 'docker login' and set DOCKERHUB_USER (or REGISTRY)"
   fi
   IMAGE_FROM_THIS_RUN=1
+}
+
+# --- your own certificate -----------------------------------------------------------------------
+CERT_WARN_DAYS=30
+
+# check_tls_files: TLS_CERT_FILE and TLS_KEY_FILE, when given, are a certificate and its key
+# that the ingress can serve to PUBLIC_HOST now: refused before anything changes when the key
+# is not the certificate's, the certificate has expired or does not name PUBLIC_HOST; a
+# warning when it expires within CERT_WARN_DAYS days. Checked once a run.
+TLS_CHECKED=""
+check_tls_files() {
+  [ -n "$TLS_CERT_FILE" ] && [ -z "$TLS_CHECKED" ] || return 0
+  local crt=$TLS_CERT_FILE key=$TLS_KEY_FILE name end match
+  for name in "$crt" "$key"; do
+    [ -f "$name" ] && [ -r "$name" ] || die "$name: no such readable file (TLS_CERT_FILE, TLS_KEY_FILE): nothing changed"
+  done
+  end=$(openssl x509 -in "$crt" -noout -enddate 2>/dev/null) ||
+    die "TLS_CERT_FILE=$crt holds no PEM certificate: nothing changed"
+  end=${end#notAfter=}
+  openssl pkey -in "$key" -noout -passin pass: 2>/dev/null ||
+    die "TLS_KEY_FILE=$key holds no PEM private key that nginx can read (an encrypted key needs its passphrase, which nginx cannot be given here): nothing changed"
+  [ "$(openssl x509 -in "$crt" -noout -pubkey)" = "$(openssl pkey -in "$key" -pubout)" ] ||
+    die "TLS_KEY_FILE=$key is not the key of the certificate in TLS_CERT_FILE=$crt (their public keys differ): nothing changed"
+  openssl x509 -in "$crt" -noout -checkend 0 >/dev/null ||
+    die "the certificate in TLS_CERT_FILE=$crt expired on $end: renew it (docs/deploying.md, \"Your own certificate\"): nothing changed"
+  if [[ $PUBLIC_HOST =~ ^[0-9.]+$|: ]]; then
+    match=$(openssl x509 -in "$crt" -noout -checkip "$PUBLIC_HOST")
+  else
+    match=$(openssl x509 -in "$crt" -noout -checkhost "$PUBLIC_HOST")
+  fi
+  [[ $match != *"NOT match"* ]] ||
+    die "the certificate in TLS_CERT_FILE=$crt does not cover PUBLIC_HOST=$PUBLIC_HOST (its names: $(cert_names "$crt")): nothing changed"
+  if ! openssl x509 -in "$crt" -noout -checkend $((CERT_WARN_DAYS * 86400)) >/dev/null; then
+    printf 'WARNING: the certificate in TLS_CERT_FILE=%s expires on %s, in less than %d days: renew it soon\n' "$crt" "$end" "$CERT_WARN_DAYS" >&2
+  fi
+  info "TLS certificate: TLS_CERT_FILE=$crt ($(cert_names "$crt"); until $end), its key in TLS_KEY_FILE, valid for $PUBLIC_HOST"
+  TLS_CHECKED=1
+}
+
+# keep_served_certificate WORKDIR SECRET: a deploy without TLS_CERT_FILE would give the ingress
+# the self-signed certificate (SECRET); when the ingress serves another one now (yours, given
+# to an earlier deploy), that would swap it by surprise: refused before anything changes.
+keep_served_certificate() {
+  [ -z "$TLS_CERT_FILE" ] || return 0
+  quietly sw service inspect "${STACK_NAME}_ingress" || return 0
+  service_json ingress "$1/ingress.json" || return 0
+  local served
+  served=$(state_py secret-name "$1/ingress.json" tls.crt 2>/dev/null) || return 0
+  [ "$served" != "$2" ] || return 0
+  die "the ingress serves a certificate other than the self-signed one in $SECRETS_DIR (secret $served): give yours again, TLS_CERT_FILE=... TLS_KEY_FILE=... $0 deploy; to go back to the self-signed one, name it: TLS_CERT_FILE=$TLS_CERT_PATH TLS_KEY_FILE=$TLS_KEY_PATH $0 deploy (nothing changed)"
+}
+
+cert_names() {  # the certificate's subject alternative names, or its subject
+  local names
+  names=$(openssl x509 -in "$1" -noout -ext subjectAltName 2>/dev/null | sed -n '2,$p' | xargs)
+  printf '%s' "${names:-$(openssl x509 -in "$1" -noout -subject 2>/dev/null)}"
 }
 
 # --- deploy -----------------------------------------------------------------------------------
@@ -208,12 +270,17 @@ cmd_deploy() {
   step "deploy: stack $STACK_NAME from stack/docker-stack.yml, through context $ENDPOINT_CONTEXT"
   require_swarm
   local name
-  for name in $PASSWORD_FILES tls.crt tls.key; do
+  for name in $PASSWORD_FILES; do
     [ -s "$SECRETS_DIR/$name" ] || die "secrets missing in $SECRETS_DIR ($name): run '$0 secrets' first"
+  done
+  for name in "$TLS_CERT_PATH" "$TLS_KEY_PATH"; do
+    [ -n "$TLS_CERT_FILE" ] || [ -s "$name" ] || die "secrets missing in $SECRETS_DIR ($(basename "$name")): run '$0 secrets' first"
   done
   for name in $PASSWORD_FILES; do
     [[ $(<"$SECRETS_DIR/$name") != *[[:cntrl:]]* ]] || die "$SECRETS_DIR/$name holds control characters: one line, no newline"
   done
+  require_key_file
+  check_tls_files
   local image
   image=$(choose_deploy_image)
   local publish="API_IMAGE=$image $0 build push"
@@ -226,11 +293,12 @@ cmd_deploy() {
   local work
   make_workdir work
   # Content hashes name the secrets and configs (see the top of docker-stack.yml).
-  local root_h app_h cert_h key_h nginx_h backup_h
+  local root_h app_h cert_h key_h nginx_h backup_h keys_h
   root_h=$(short_hash "$SECRETS_DIR/mongo_root_password")
   app_h=$(short_hash "$SECRETS_DIR/mongo_app_password")
-  cert_h=$(short_hash "$SECRETS_DIR/tls.crt")
-  key_h=$(short_hash "$SECRETS_DIR/tls.key")
+  cert_h=$(short_hash "$TLS_CERT_PATH")
+  key_h=$(short_hash "$TLS_KEY_PATH")
+  keys_h=$(short_hash "$API_KEYS_PATH")
   nginx_h=$(short_hash "$STACK_DIR/nginx.conf")
   backup_h=$(backup_tools_config | sha256sum | cut -c1-12)
   local app_secret=${STACK_NAME}_mongo_app_password_$app_h
@@ -239,6 +307,8 @@ cmd_deploy() {
 
   # The api's MongoDB user: the same while its password is unchanged; a new password goes to
   # the other user, the api moves to it, and then the old one is locked out.
+  keep_served_certificate "$work" "${STACK_NAME}_tls_cert_$cert_h"
+
   local current_user="" current_secret="" user old=""
   if quietly sw service inspect "${STACK_NAME}_api"; then
     service_json api "$work/api.json"
@@ -271,16 +341,21 @@ cmd_deploy() {
   sw stack ps -q --no-trunc "$STACK_NAME" >"$work/tasks-before" 2>/dev/null || true
   local vars=(STACK_NAME="$STACK_NAME" API_IMAGE="$image" API_REPLICAS="$API_REPLICAS"
     API_MONGO_USER="$user" MONGO_ROOT_USER="$MONGO_ROOT_USER" MONGO_DB="$MONGO_DB"
-    HTTP_PORT="$HTTP_PORT" HTTPS_PORT="$HTTPS_PORT" SECRETS_DIR="$SECRETS_DIR"
+    HTTP_PORT="$HTTP_PORT" HTTPS_PORT="$HTTPS_PORT" RATE_LIMIT="$RATE_LIMIT"
+    RATE_BURST="$RATE_BURST" CONN_LIMIT="$CONN_LIMIT" SECRETS_DIR="$SECRETS_DIR"
+    TLS_CERT_FILE="$TLS_CERT_PATH" TLS_KEY_FILE="$TLS_KEY_PATH"
     MONGO_PASSWORD_HASH="$root_h" MONGO_APP_PASSWORD_HASH="$app_h" TLS_CERT_HASH="$cert_h"
-    TLS_KEY_HASH="$key_h" NGINX_CONF_HASH="$nginx_h")
+    TLS_KEY_HASH="$key_h" NGINX_CONF_HASH="$nginx_h" API_KEYS_HASH="$keys_h")
   # What this deploy asks of each service, which convergence then finds in its spec.
   local expect=(--expect api image "$image" --expect api replicas "$API_REPLICAS"
-    --expect api secret "$app_secret" --expect api env "MONGO_USER=$user"
+    --expect api secret "$app_secret" --expect api secret "${STACK_NAME}_api_keys_$keys_h"
+    --expect api env "MONGO_USER=$user"
     --expect api env "MONGO_DB=$MONGO_DB" --expect mongo secret "$root_secret"
     --expect ingress config "${STACK_NAME}_nginx_conf_$nginx_h"
     --expect ingress secret "${STACK_NAME}_tls_cert_$cert_h" --expect ingress secret "${STACK_NAME}_tls_key_$key_h"
-    --expect ingress port "$HTTP_PORT" --expect ingress port "$HTTPS_PORT")
+    --expect ingress port "$HTTP_PORT" --expect ingress port "$HTTPS_PORT"
+    --expect ingress env "RATE_LIMIT=$RATE_LIMIT" --expect ingress env "RATE_BURST=$RATE_BURST"
+    --expect ingress env "CONN_LIMIT=$CONN_LIMIT")
   local detach=()
   # Docker 26+ asks to choose; this script waits for convergence itself, bounded.
   if docker stack deploy --help 2>/dev/null | grep -q -- '--detach'; then detach=(--detach=true); fi
@@ -296,7 +371,7 @@ cmd_deploy() {
     elif [ -n "$old" ]; then
       set_mongo_users "$image" "$root_secret" "$user" "$app_secret" "$backup_secret" "$old"
     fi
-    prune_old_versions "$root_secret" "$app_secret" "$backup_secret" \
+    prune_old_versions "$root_secret" "$app_secret" "$backup_secret" "${STACK_NAME}_api_keys_$keys_h" \
       "${STACK_NAME}_tls_cert_$cert_h" "${STACK_NAME}_tls_key_$key_h" "${STACK_NAME}_nginx_conf_$nginx_h"
   elif [ -n "$old" ]; then
     info "the api still logs in as $old, which keeps its password"

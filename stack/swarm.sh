@@ -6,6 +6,7 @@
 #                                   deploy, verify; with SWARM_CONTEXT: from labels on
 #   stack/swarm.sh build push deploy several steps, in order, stopping at the first failure
 #   stack/swarm.sh backup | restore FILE | drill   the database (stack/backup.sh)
+#   stack/swarm.sh api-key NAME read|write | api-key --revoke NAME   API keys (stack/keys.sh)
 #   stack/swarm.sh down [--purge]   remove the stack (and the lab); --purge: the data too
 #   stack/swarm.sh help             every step and every setting with its default
 #
@@ -70,6 +71,15 @@ MONGO_BACKUP_USER=${MONGO_BACKUP_USER:-usersapi_backup}
 MONGO_DB=${MONGO_DB:-usersdb}
 BACKUP_DIR=$(in_project "${BACKUP_DIR:-backups}")
 TLS_DAYS=${TLS_DAYS:-365}
+# Your own certificate for the ingress instead of the self-signed one in SECRETS_DIR: PEM
+# files, the certificate's may carry its chain (fullchain.pem). Both or neither.
+TLS_CERT_FILE=${TLS_CERT_FILE:+$(in_project "$TLS_CERT_FILE")}
+TLS_KEY_FILE=${TLS_KEY_FILE:+$(in_project "$TLS_KEY_FILE")}
+# The ingress's limits per client address (stack/nginx.conf): requests a second, requests
+# served at once on top of them, requests in flight.
+RATE_LIMIT=${RATE_LIMIT:-20}
+RATE_BURST=${RATE_BURST:-40}
+CONN_LIMIT=${CONN_LIMIT:-32}
 WAIT_TIMEOUT=${WAIT_TIMEOUT:-300}
 CALL_TIMEOUT=${CALL_TIMEOUT:-60}
 RESTORE_LOCK_SECONDS=${RESTORE_LOCK_SECONDS:-900}
@@ -79,6 +89,14 @@ CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
 # --- derived ---------------------------------------------------------------------------------
 ENDPOINT_CONTEXT=${SWARM_CONTEXT:-$NODE_PREFIX-lab}  # every swarm operation goes through it
 HTTPS_URL=https://$PUBLIC_HOST:$HTTPS_PORT
+# The certificate the ingress serves: yours, or the self-signed one `secrets` makes.
+TLS_CERT_PATH=${TLS_CERT_FILE:-$SECRETS_DIR/tls.crt}
+TLS_KEY_PATH=${TLS_KEY_FILE:-$SECRETS_DIR/tls.key}
+# The API keys (stack/keys.sh): the lines the api reads (a Docker secret), and the stack's own
+# two keys, the only keys ever kept: admin (write) and verify (read).
+API_KEYS_PATH=$SECRETS_DIR/api_keys
+ADMIN_KEY_FILE=$SECRETS_DIR/api_key
+VERIFY_KEY_FILE=$SECRETS_DIR/verify_key
 HTTP_URL=http://$PUBLIC_HOST:$HTTP_PORT
 # The api alternates between two MongoDB users so that a new password never meets a running
 # task that still holds the old one (operating.md, "Rotating the application password").
@@ -299,7 +317,7 @@ remove_stack() {
 empty_database_volume() {
   local name=$STACK_NAME-purge start=$SECONDS state=""
   run_sw_quiet service create --detach --quiet --name "$name" --label "$TASK_LABEL=$STACK_NAME" \
-    --constraint 'node.labels.app==database' --restart-condition none --user 0:0 \
+    --constraint 'node.labels.app==database' --restart-condition none --user 0:0 "${TASK_LOG_OPTIONS[@]}" \
     --mount "type=volume,source=${STACK_NAME}_mongo-data,target=/data/db" \
     --entrypoint find "$1" /data/db -mindepth 1 -delete
   defer task_remove "$name"
@@ -322,6 +340,8 @@ source "$STACK_DIR/deploy.sh"
 source "$STACK_DIR/verify.sh"
 # shellcheck source=stack/backup.sh
 source "$STACK_DIR/backup.sh"
+# shellcheck source=stack/keys.sh
+source "$STACK_DIR/keys.sh"
 
 # --- status, down, all ------------------------------------------------------------------------
 cmd_status() {
@@ -370,7 +390,7 @@ cmd_down() {
       info "kept: the volume ${STACK_NAME}_mongo-data on the node labelled app=database, with the users: the next deploy serves them again"
     fi
   fi
-  info "kept: the passwords and certificate in $SECRETS_DIR (delete it for new ones)"
+  info "kept: the passwords, API keys and certificate in $SECRETS_DIR (delete it for new ones)"
   local backups=0
   [ ! -d "$BACKUP_DIR" ] || backups=$(find "$BACKUP_DIR" -maxdepth 1 -name '*.archive.gz' | wc -l)
   info "kept: $backups backup(s) in $BACKUP_DIR"
@@ -405,7 +425,7 @@ cmd_usage() {
   cat <<EOF
 usage: stack/swarm.sh STEP [STEP...]      (stack/swarm.sh help: every step and setting)
 steps: nodes swarm labels secrets build push deploy verify backup [FILE] restore FILE drill
-       status down [--purge] all help
+       status down [--purge] all help; alone: api-key NAME read|write, api-key --revoke NAME
 EOF
 }
 
@@ -427,19 +447,26 @@ labels on):
   swarm    lab only: init the swarm on $LAB_MANAGER, join the two workers
   labels   app=database on DATABASE_NODE, app=ingress on INGRESS_NODE, app=api on each
            API_NODE (the api's replicas spread over them)
-  secrets  MongoDB root, application and backup passwords and a self-signed TLS certificate
-           in SECRETS_DIR (once)
+  secrets  MongoDB root, application and backup passwords, the API keys admin (write; the
+           key in SECRETS_DIR/api_key) and verify (read; verify_key), their lines
+           (api_keys), and a self-signed TLS certificate unless TLS_CERT_FILE is set, in
+           SECRETS_DIR (once)
   build    docker build (BuildKit) of the API image as API_IMAGE, on this machine
   push     docker push API_IMAGE, from this machine
-  deploy   check the image is in its registry, set the MongoDB users' passwords, docker stack
-           deploy from this machine's CLI through the endpoint, wait until every service runs
-           this deploy's spec. Without VERSION or API_IMAGE it keeps the image the stack runs;
-           VERSION=<previous> deploy rolls back by hand
+  deploy   check the key file and the certificate (TLS_CERT_FILE: its key, expiry and
+           PUBLIC_HOST) and that the image is in its registry, set the MongoDB users'
+           passwords, docker stack deploy from this machine's CLI through the endpoint, wait
+           until every service runs this deploy's spec. Without VERSION or API_IMAGE it keeps
+           the image the stack runs; VERSION=<previous> deploy rolls back by hand
   verify   check the running stack; one PASS/FAIL line per check, non-zero exit on a FAIL
   backup [FILE]  mongodump of $MONGO_DB.users to FILE (default
            BACKUP_DIR/$STACK_NAME-<UTC time>.archive.gz); never overwrites a file
   restore FILE   check FILE, then replace $MONGO_DB.users with it while the API answers 503
   drill    a backup and restore round trip on a database of its own (PASS/FAIL lines)
+  api-key NAME read|write   a new API key: its line added, the api rolled out with it (no
+           request lost), then the key printed once, alone on the last line; never stored
+  api-key --revoke NAME     remove a key's line and roll the api out: it gets 401 then
+           (admin and verify, the stack's own keys, are refused: see docs/operating.md)
   status   docker node ls, docker service ls, docker stack ps
   down [--purge]  remove the stack; in the lab also the nodes, after a backup of the users;
            --purge: everything, data included, no backup
@@ -467,7 +494,12 @@ settings (environment variables; current value, default in brackets):
   MONGO_BACKUP_USER $MONGO_BACKUP_USER  [usersapi_backup; backup and restore log in as it]
   MONGO_DB        $MONGO_DB  [usersdb]
   BACKUP_DIR      $BACKUP_DIR  [backups; relative paths from the repository's root]
-  TLS_DAYS        $TLS_DAYS  [365]
+  TLS_DAYS        $TLS_DAYS  [365; the self-signed certificate's days]
+  TLS_CERT_FILE   ${TLS_CERT_FILE:-(unset)}  [unset: SECRETS_DIR/tls.crt, self-signed; yours: PEM, chain allowed]
+  TLS_KEY_FILE    ${TLS_KEY_FILE:-(unset)}  [unset: SECRETS_DIR/tls.key; yours: the certificate's PEM key]
+  RATE_LIMIT      $RATE_LIMIT  [20; requests a second per client address at the ingress]
+  RATE_BURST      $RATE_BURST  [40; requests served at once on top of RATE_LIMIT]
+  CONN_LIMIT      $CONN_LIMIT  [32; requests in flight per client address]
   WAIT_TIMEOUT    $WAIT_TIMEOUT  [300; seconds a deploy, a task start or verify's wait may take]
   CALL_TIMEOUT    $CALL_TIMEOUT  [60; seconds one call to the swarm may take]
   RESTORE_LOCK_SECONDS $RESTORE_LOCK_SECONDS  [900; a restore's lock expires after this]
@@ -481,7 +513,7 @@ settings (environment variables; current value, default in brackets):
 EOF
 }
 
-STEP_NAMES=" nodes swarm labels secrets build push deploy verify backup restore drill status down all help "
+STEP_NAMES=" nodes swarm labels secrets build push deploy verify backup restore drill api-key status down all help "
 
 is_step() { [[ $STEP_NAMES == *" $1 "* ]]; }
 
@@ -500,6 +532,13 @@ check_settings() {  # before any step runs
       usage_error "$name must be a whole number above 0, not '$value'"
     fi
   done
+  check_limits
+  if [ -n "$TLS_CERT_FILE" ] && [ -z "$TLS_KEY_FILE" ]; then
+    usage_error "TLS_CERT_FILE is set without TLS_KEY_FILE: give the certificate's private key too (or neither, for the self-signed one)"
+  fi
+  if [ -z "$TLS_CERT_FILE" ] && [ -n "$TLS_KEY_FILE" ]; then
+    usage_error "TLS_KEY_FILE is set without TLS_CERT_FILE: give the certificate too (or neither, for the self-signed one)"
+  fi
   # MongoDB's own rules for a database name on Linux: no / \ . space " $ or NUL, under 64 bytes.
   if [ -z "$MONGO_DB" ] || [[ $MONGO_DB == *[/\\.\ \"\$]* ]] || [ "${#MONGO_DB}" -ge 64 ]; then
     usage_error "MONGO_DB '$MONGO_DB' is not a MongoDB database name (no / \\ . space \" \$, under 64 characters)"
@@ -514,6 +553,24 @@ check_settings() {  # before any step runs
 }
 
 api_nodes() { printf '%s' "${API_NODE//,/ }"; }  # API_NODE, commas or spaces between names
+
+check_key_name() {  # the API's rule for a key's name (usersapi_auth.py, stack/api_keys.py)
+  [[ $1 =~ ^[A-Za-z0-9._-]{1,64}$ ]] || usage_error "an API key's name is 1 to 64 letters, digits, '.', '_' or '-', not '$1'"
+}
+
+# The ingress's limits: whole numbers within bounds nginx and verify can live with. verify's
+# race sends 24 PATCHes at once from one address, with the POST and DELETE of their user:
+# a burst or a connection limit below that would refuse the race, not a client.
+check_limits() {
+  local name value low high
+  for name in RATE_LIMIT:1:100000 RATE_BURST:26:100000 CONN_LIMIT:25:100000; do
+    IFS=: read -r name low high <<<"$name"
+    value=${!name}
+    if ! [[ $value =~ ^[0-9]{1,6}$ ]] || ((10#$value < low || 10#$value > high)); then
+      usage_error "$name must be a whole number from $low to $high, not '$value'$([ "$low" -gt 1 ] && printf ' (verify sends 24 requests at once from one address)')"
+    fi
+  done
+}
 
 # main STEP [ARG] ...: the whole list is checked before the first step runs.
 main() {
@@ -543,21 +600,44 @@ main() {
       down)
         if [ "${1:-}" = --purge ]; then args+=(--purge); shift; else args+=(""); fi
         ;;
+      api-key)
+        if [ "${1:-}" = --revoke ]; then
+          [ $# -ge 2 ] || usage_error "api-key --revoke needs the key's name: api-key --revoke NAME"
+          check_key_name "$2"
+          args+=("--revoke $2")
+        else
+          [ $# -ge 2 ] || usage_error "api-key needs a name and a scope: api-key NAME read|write"
+          check_key_name "$1"
+          [[ $2 == read || $2 == write ]] || usage_error "an API key's scope is read or write, not '$2': api-key NAME read|write"
+          args+=("$1 $2")
+        fi
+        shift 2
+        ;;
       *) args+=("") ;;
     esac
   done
+  if [[ " ${steps[*]} " == *" api-key "* ]] && [ "${#steps[@]}" -gt 1 ]; then
+    usage_error "api-key runs alone: the new key is the last line of the run's output"
+  fi
   if [ -n "$SWARM_CONTEXT" ] && [[ " ${steps[*]} " == *" labels "* || " ${steps[*]} " == *" all "* ]]; then
     if [ -z "$DATABASE_NODE" ] || [ -z "$INGRESS_NODE" ] || [ -z "$(api_nodes)" ]; then
       usage_error "labels needs your nodes by name: set DATABASE_NODE, INGRESS_NODE and API_NODE as 'docker --context $SWARM_CONTEXT node ls' shows them"
     fi
   fi
   check_settings
+  # Your own certificate is checked before the first step of a run that deploys.
+  if [[ " ${steps[*]} " =~ " "(deploy|all|api-key)" " ]]; then check_tls_files; fi
   trap run_deferred EXIT
   trap interrupted INT TERM
   local i
   for i in "${!steps[@]}"; do
     case ${steps[i]} in
       backup | restore | down) "cmd_${steps[i]}" "${args[i]}" ;;
+      api-key)
+        local words
+        read -r -a words <<<"${args[i]}"  # checked words: a name and a scope, or --revoke NAME
+        cmd_api_key "${words[@]}"
+        ;;
       *) "cmd_${steps[i]}" ;;
     esac
   done

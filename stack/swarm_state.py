@@ -8,10 +8,16 @@
   swarm_state.py secret-name SERVICE_JSON TARGET  the secret the service mounts as TARGET
   swarm_state.py image SERVICE_JSON [--digest]    the service's image (without its digest)
   swarm_state.py networks SERVICE_JSON            the service's networks, one id a line
-  swarm_state.py task-options SERVICE_JSON [--env-prefix P]
+  swarm_state.py task-options SERVICE_JSON [--env-prefix P] [--lockdown]
                                                   `docker service create` options giving a
                                                   task the service's networks (and its
-                                                  environment variables named P*), one a line
+                                                  environment variables named P*; with
+                                                  --lockdown its read-only root, capabilities,
+                                                  tmpfs mounts and process limit instead),
+                                                  one a line
+  swarm_state.py lockdown-check SERVICE_JSON      a PASS/FAIL line from what a task with the
+                                                  service's settings found inside (stdin:
+                                                  verify.sh's LOCKDOWN_PROBE)
   swarm_state.py log-line REQUEST_ID              the first JSON log line on stdin with it
 
 DIR holds what `docker service inspect`, `docker inspect --type task` and `docker node
@@ -35,6 +41,22 @@ Expectation = tuple[str, str, str]  # service, kind (image secret config env rep
 # The stack's services and the node label each is placed by.
 PLACEMENT = {"mongo": "database", "api": "api", "ingress": "ingress"}
 UPDATING = {"updating", "paused", "rollback_started", "rollback_paused"}
+# The capabilities each service of the stack file adds back after dropping ALL (its comments
+# say why); verify fails on a spec or a container that holds any other.
+LOCKDOWN = {
+    "api": frozenset[str](),
+    "ingress": frozenset({"CHOWN", "SETGID", "SETUID"}),
+    "mongo": frozenset({"CHOWN", "DAC_READ_SEARCH", "SETGID", "SETUID"}),
+}
+# Linux capability names in the order of their numbers (linux/capability.h).
+CAPABILITIES = (  # noqa: SIM905 - one string, as a list literal would take a line per name
+    "CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP "
+    "LINUX_IMMUTABLE NET_BIND_SERVICE NET_BROADCAST NET_ADMIN NET_RAW IPC_LOCK IPC_OWNER "
+    "SYS_MODULE SYS_RAWIO SYS_CHROOT SYS_PTRACE SYS_PACCT SYS_ADMIN SYS_BOOT SYS_NICE "
+    "SYS_RESOURCE SYS_TIME SYS_TTY_CONFIG MKNOD LEASE AUDIT_WRITE AUDIT_CONTROL SETFCAP "
+    "MAC_OVERRIDE MAC_ADMIN SYSLOG WAKE_ALARM BLOCK_SUSPEND AUDIT_READ PERFMON BPF "
+    "CHECKPOINT_RESTORE"
+).split()
 # What a task carries of its service's spec, compared to tell a task of this spec from an
 # older one (the task's JSON leaves out some fields the service's has, such as RestartPolicy).
 CONTAINER_FIELDS = (
@@ -260,6 +282,8 @@ def spec_checks(stack: Stack, http_port: int, https_port: int) -> list[str]:
         check_ports(stack, http_port, https_port),
         check_limits(stack),
         check_api_secrets(stack),
+        check_rolling_update(stack),
+        *(check_lockdown(stack, short) for short in PLACEMENT),
     ]
 
 
@@ -336,6 +360,100 @@ def check_api_secrets(stack: Stack) -> str:
     return line(text if ok else f"api secrets: [{' '.join(names)}]", ok=ok)
 
 
+def check_rolling_update(stack: Stack) -> str:
+    """A new api task is healthy before an old one stops: a new key file, image or password
+    reaches the clients without a lost request."""
+    update = dig(stack.service("api"), "Spec", "UpdateConfig") or {}
+    order = str(update.get("Order", "?"))
+    return line(
+        f"the api rolls over start-first (UpdateConfig.Order {order}, parallelism "
+        f"{update.get('Parallelism', '?')}, on failure {update.get('FailureAction', '?')})",
+        ok=order == "start-first",
+    )
+
+
+def capability_names(names: list[Any] | None) -> set[str]:
+    return {str(n).upper().removeprefix("CAP_") for n in names or []}
+
+
+def lockdown_of(spec: Json) -> tuple[bool, set[str], set[str], int, str]:
+    """A task template's read-only flag, dropped and added capabilities, process limit and
+    log rotation."""
+    container = spec.get("ContainerSpec") or {}
+    pids = int(dig(spec, "Resources", "Limits", "Pids") or 0)
+    options = dig(spec, "LogDriver", "Options") or {}
+    driver = dig(spec, "LogDriver", "Name") or "default"
+    logs = f"{driver} {options.get('max-size', '?')} x {options.get('max-file', '?')}"
+    return (
+        bool(container.get("ReadOnly")),
+        capability_names(container.get("CapabilityDrop")),
+        capability_names(container.get("CapabilityAdd")),
+        pids,
+        logs,
+    )
+
+
+def check_lockdown(stack: Stack, short: str) -> str:
+    """The service's spec, and each running task's, is read-only, drops every capability but
+    those LOCKDOWN lists, limits its processes and rotates its logs."""
+    service = stack.service(short)
+    if service is None:
+        return line(f"{stack.full(short)}: no such service", ok=False)
+    spec = dig(service, "Spec", "TaskTemplate") or {}
+    read_only, dropped, added, pids, logs = lockdown_of(spec)
+    tasks = stack.running_tasks(service)
+    same = bool(tasks) and all(lockdown_of(t.get("Spec") or {}) == lockdown_of(spec) for t in tasks)
+    ok = (
+        read_only
+        and dropped == {"ALL"}
+        and added == LOCKDOWN[short]
+        and pids > 0
+        and logs.startswith("json-file")
+        and "?" not in logs
+        and same
+    )
+    return line(
+        f"{short} locked down in its spec: read-only root {'yes' if read_only else 'NO'}, "
+        f"cap_drop {names(dropped)}, cap_add {names(added)} (allowed: "
+        f"{names(LOCKDOWN[short])}), pids {pids or 'unlimited'}, logs {logs}; its {len(tasks)} "
+        "running task(s) " + ("the same" if same else "differ"),
+        ok=ok,
+    )
+
+
+def names(capabilities: set[str] | frozenset[str]) -> str:
+    return ",".join(sorted(capabilities)) or "none"
+
+
+def decode_capabilities(mask: str) -> set[str]:
+    bits = int(mask, 16)
+    return {name for number, name in enumerate(CAPABILITIES) if bits >> number & 1}
+
+
+def lockdown_check(service: Json, probe: str) -> str:
+    """What a task with the service's settings found from inside: a write to / refused, and
+    no capability beyond those the service lists, in its bounding set or held."""
+    name = str(dig(service, "Spec", "Name"))
+    short = name.split("_", 1)[-1]
+    lines = probe.splitlines()
+    status = {k: v.strip() for k, _, v in (entry.partition(":") for entry in lines) if v}
+    uid = next((entry for entry in lines if entry.strip().isdigit()), "?")
+    allowed = LOCKDOWN.get(short, frozenset())
+    try:
+        bounding = decode_capabilities(status["CapBnd"])
+        held = decode_capabilities(status["CapEff"]) | decode_capabilities(status["CapPrm"])
+    except (KeyError, ValueError):
+        return line(f"{short}: from inside, no capability sets in {probe!r}", ok=False)
+    refused = "write / refused" in lines
+    ok = refused and bounding <= allowed and held <= allowed
+    return line(
+        f"{short} from inside (a task of its image with its settings, uid {uid}): a write to / "
+        f"is {'refused' if refused else 'ALLOWED'}; capabilities it can ever have: "
+        f"{names(bounding)}, held: {names(held)} (allowed: {names(allowed)})",
+        ok=ok,
+    )
+
+
 # --- one service ------------------------------------------------------------------------------
 def env_value(service: Json, name: str) -> str:
     for entry in dig(service, "Spec", "TaskTemplate", "ContainerSpec", "Env") or []:
@@ -395,6 +513,9 @@ def main(argv: list[str] | None = None) -> int:
     options = sub.add_parser("task-options")
     options.add_argument("service", type=Path)
     options.add_argument("--env-prefix", default="")
+    options.add_argument("--lockdown", action="store_true")
+    lockdown = sub.add_parser("lockdown-check")
+    lockdown.add_argument("service", type=Path)
     logs = sub.add_parser("log-line")
     logs.add_argument("request_id")
     args = parser.parse_args(argv)
@@ -420,6 +541,8 @@ def run(args: argparse.Namespace) -> str:  # noqa: PLR0911 - one answer per subc
     if command == "log-line":
         return log_line(args.request_id, sys.stdin.read().splitlines())
     service = one(args.service)
+    if command == "lockdown-check":
+        return lockdown_check(service, sys.stdin.read())
     if command == "env":
         return env_value(service, args.name)
     if command == "secret-name":
@@ -431,6 +554,8 @@ def run(args: argparse.Namespace) -> str:  # noqa: PLR0911 - one answer per subc
     ]
     if command == "networks":
         return "\n".join(networks)
+    if args.lockdown:
+        return "\n".join(lockdown_options(service))
     return "\n".join(task_options(service, networks, args.env_prefix))
 
 
@@ -439,6 +564,26 @@ def task_options(service: Json, networks: list[str], env_prefix: str) -> list[st
     if env_prefix:
         env = dig(service, "Spec", "TaskTemplate", "ContainerSpec", "Env") or []
         options += [f"--env={entry}" for entry in env if str(entry).startswith(env_prefix)]
+    return options
+
+
+def lockdown_options(service: Json) -> list[str]:
+    """`docker service create` options for the service's read-only root, capabilities,
+    tmpfs mounts and process limit."""
+    spec = dig(service, "Spec", "TaskTemplate") or {}
+    read_only, dropped, added, pids, _ = lockdown_of(spec)
+    options = ["--read-only"] if read_only else []
+    options += [f"--cap-drop={name}" for name in sorted(dropped)]
+    options += [f"--cap-add={name}" for name in sorted(added)]
+    for mount in dig(spec, "ContainerSpec", "Mounts") or []:
+        if mount.get("Type") == "tmpfs":
+            size = dig(mount, "TmpfsOptions", "SizeBytes")
+            options.append(
+                f"--mount=type=tmpfs,target={mount.get('Target')}"
+                + (f",tmpfs-size={size}" if size else "")
+            )
+    if pids:
+        options.append(f"--limit-pids={pids}")
     return options
 
 

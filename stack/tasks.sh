@@ -14,6 +14,8 @@
 # require_swarm, state_py); sets no globals but the variable each task_start call names.
 
 TASK_LABEL=usersapi.task  # value: the stack's name
+# A task's logs are rotated as the stack's services' are (docker-stack.yml, x-logging).
+TASK_LOG_OPTIONS=(--log-driver json-file --log-opt max-size=10m --log-opt max-file=3)
 
 # The manager must take tasks: a drained manager (availability drain) runs none.
 require_manager_takes_tasks() {
@@ -39,7 +41,7 @@ task_start() {
   show_sw service create --name "$name" "$@" "${image%@*}" sleep '<lifetime>'
   sw service create --detach --quiet --name "$name" --label "$TASK_LABEL=$STACK_NAME" \
     --constraint "node.id==$MANAGER_NODE_ID" --restart-condition none --no-healthcheck --with-registry-auth \
-    "$@" "$image" sleep "$((WAIT_TIMEOUT + 3600))" >/dev/null ||
+    "${TASK_LOG_OPTIONS[@]}" "$@" "$image" sleep "$((WAIT_TIMEOUT + 3600))" >/dev/null ||
     die "could not create the task $name"
   defer task_remove "$name"
   local start=$SECONDS out state container err

@@ -5,13 +5,21 @@
 # holds, from its JSON (stack/swarm_state.py); what the api's and the ingress's network
 # positions reach, from short-lived tasks with exactly their networks (stack/inside_checks.py).
 #
+# Requests that need a key present the stack's own: admin (write) for what verify changes,
+# verify (read) for what a read key may and may not do and for the browser; each is read from
+# its file in SECRETS_DIR, never given on a command line. verify keeps within the ingress's
+# limits (RATE_LIMIT, RATE_BURST): the race waits between its rounds, and the burst that
+# proves the limit comes last and waits until the limit has forgotten it.
+#
 # Uses swarm.sh's settings (STACK_NAME, HTTPS_URL, HTTP_URL, HTTPS_PORT, HTTP_PORT, MONGO_DB,
-# WAIT_TIMEOUT, CALL_TIMEOUT, PYTHON, CHROMIUM, PROJECT_DIR, STACK_DIR, ENDPOINT_CONTEXT) and
-# helpers (step, info, die, pass, fail, tally, bounded, sw, sw_for, require_stack, make_workdir,
-# snapshot, service_json, service_image, state_py) and tasks.sh's (task_start, task_python,
-# secret_option); resets swarm.sh's CHECKS and FAILED.
+# WAIT_TIMEOUT, CALL_TIMEOUT, PYTHON, CHROMIUM, PROJECT_DIR, STACK_DIR, ENDPOINT_CONTEXT,
+# ADMIN_KEY_FILE, VERIFY_KEY_FILE, TLS_CERT_FILE, TLS_CERT_PATH, RATE_LIMIT, RATE_BURST) and
+# helpers (step, info, die, pass, fail, tally, bounded, sw, sw_for, require_stack,
+# make_workdir, snapshot, service_json, service_image, state_py) and tasks.sh's (task_start,
+# task_python, task_exec, secret_option); resets swarm.sh's CHECKS and FAILED.
 
 api_py() { python3 "$STACK_DIR/api_checks.py" "$@"; }
+admin_py() { api_py --key-file "$ADMIN_KEY_FILE" "$@"; }  # as the stack's write key
 
 # browser_python: prints a Python with Playwright for the browser check: PYTHON if set, else
 # the environment of `tox -e browser` (made with the README's .venv/bin/tox when missing).
@@ -45,14 +53,14 @@ check_browser() {
   fi
   python=$(browser_python) || { fail "browser: $python"; return; }
   tag=b$(date +%s)$RANDOM
-  if ! id=$(api_py user-create "$HTTPS_URL" "$tag" 2>&1); then
+  if ! id=$(admin_py user-create "$HTTPS_URL" "$tag" 2>&1); then
     fail "browser: could not create the user to search for: $id"
     return
   fi
   out=$(CHROMIUM=$CHROMIUM bounded 180 "$python" "$STACK_DIR/browser_check.py" --insecure \
-    --query "$tag" --expect-id "$id" "$HTTPS_URL" 2>&1) || rc=$?
-  if [ "$rc" = 0 ]; then pass "browser: $out"; else fail "browser: $(tail -n 1 <<<"$out")"; fi
-  api_py user-delete "$HTTPS_URL" "$id" >/dev/null 2>&1 || true
+    --key-file "$VERIFY_KEY_FILE" --query "$tag" --expect-id "$id" "$HTTPS_URL" 2>&1) || rc=$?
+  if [ "$rc" = 0 ]; then pass "browser (read key): $out"; else fail "browser: $(tail -n 1 <<<"$out")"; fi
+  admin_py user-delete "$HTTPS_URL" "$id" >/dev/null 2>&1 || true
 }
 
 # service_log_line SERVICE REQUEST_ID: the service's first JSON log line with that request id
@@ -82,7 +90,7 @@ service_log_line() {
 check_request_id() {
   local rid ids api_line ingress_line ok=1
   rid=verify-$(date +%s)-$RANDOM
-  ids=$(api_py returned-ids "$HTTPS_URL" "/users?limit=1" "$rid" 2>&1) || ok=0
+  ids=$(admin_py returned-ids "$HTTPS_URL" "/users?limit=1" "$rid" 2>&1) || ok=0
   api_line=$(service_log_line api "$rid") || ok=0
   ingress_line=$(service_log_line ingress "$rid") || ok=0
   [ "$ids" = "$rid" ] || ok=0
@@ -118,6 +126,37 @@ checks_from_inside() {
     --networks "${shown[*]}" --mongo-address "${mongo_address:-none}"
 }
 
+# The certificate the ingress serves: TLS_CERT_FILE's when set, else the self-signed one.
+check_certificate() {
+  local kind="the self-signed certificate"
+  [ -z "$TLS_CERT_FILE" ] || kind="your certificate"
+  if [ ! -r "$TLS_CERT_PATH" ]; then
+    fail "certificate: cannot read $TLS_CERT_PATH"
+    return
+  fi
+  tally api_py certificate "$HTTPS_URL" --cert-file "$TLS_CERT_PATH" --kind "$kind"
+}
+
+# What the api's and the ingress's containers may do, from inside: a task of each service's
+# image with each service's container settings (read-only root, capabilities, tmpfs mounts,
+# user), which tries to write to / and reads its capability sets in /proc/self/status.
+lockdown_from_inside() {
+  local work=$1 service cid image opts=() out
+  for service in api ingress; do
+    service_json "$service" "$work/$service.json" || die "cannot read the $service service"
+    image=$(state_py image --digest "$work/$service.json")
+    mapfile -t opts < <(state_py task-options "$work/$service.json" --lockdown)
+    task_start cid "$service-lockdown" "$image" "${opts[@]}"
+    out=$(task_exec 60 "$cid" sh -c "$LOCKDOWN_PROBE" 2>&1) || die "the $service lockdown probe failed: $(tail -n 1 <<<"$out")"
+    state_py lockdown-check "$work/$service.json" <<<"$out"
+  done
+}
+
+# Runs as the container's user, in the image's shell (busybox or dash): a write to / and the
+# capability sets of this process.
+# shellcheck disable=SC2016  # for sh -c, expanded there
+LOCKDOWN_PROBE='if (: >/lockdown-probe) 2>/dev/null; then echo "write / ok"; rm -f /lockdown-probe; else echo "write / refused"; fi; id -u; grep -E "^Cap(Eff|Prm|Bnd)" /proc/self/status'
+
 cmd_verify() {
   step "verify: the stack $STACK_NAME against its requirements (PASS/FAIL per line)"
   require_stack
@@ -133,15 +172,19 @@ cmd_verify() {
   fi
   tally api_py redirect "$HTTP_URL" --https-port "$HTTPS_PORT"
   tally api_py hsts "$HTTPS_URL"
-  tally api_py crud "$HTTPS_URL"
+  check_certificate
+  tally admin_py access "$HTTPS_URL" --read-key-file "$VERIFY_KEY_FILE"
+  tally admin_py crud "$HTTPS_URL"
   image=$(service_image api || true)
   tally api_py version "$HTTPS_URL" --image "$image"
   check_browser
-  tally api_py race "$HTTPS_URL"
+  tally admin_py race "$HTTPS_URL" --rate "$RATE_LIMIT"
   tally checks_from_inside "$work"
+  tally lockdown_from_inside "$work"
   check_request_id
   tally api_py request-id-replaced "$HTTPS_URL"
   tally api_py metrics-closed "$HTTPS_URL"
+  tally api_py burst "$HTTPS_URL" --rate "$RATE_LIMIT" --burst "$RATE_BURST"
   printf '\nverify: %d checks, %d failed\n' "$CHECKS" "$FAILED"
   [ "$FAILED" -eq 0 ]
 }

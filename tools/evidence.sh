@@ -15,6 +15,9 @@
 # fonts-dejavu-core).
 # A step that fails still leaves its picture; the script then stops (KEEP_GOING=1: goes on
 # with the next steps) and exits non-zero.
+# API keys never reach a picture, a .txt or a command line: curl reads the Authorization
+# header from a file (-H @FILE, made in SECRETS_DIR with mode 600 and removed at the end), the
+# renderer reads the key from its file (--key-file).
 set -euo pipefail
 
 # stack/swarm.sh's settings (STACK_NAME, API_IMAGE, HTTP_PORT, ENDPOINT_CONTEXT, ...), STACK_DIR,
@@ -94,18 +97,35 @@ step_tests() {
   evidence_end
 }
 
-# curl_json METHOD PATH [BODY]: one request to the API served by step_api, status on its own line
+# header_file VAR NAME KEY_FILE: SECRETS_DIR/NAME.header holds "Authorization: Bearer <the key
+# in KEY_FILE>" (mode 600), for curl -H @FILE; removed when the script ends. VAR gets its path
+# relative to the repository, as commands are shown.
+header_file() {
+  local file=$SECRETS_DIR/$2.header
+  (umask 077 && mkdir -p "$SECRETS_DIR" && printf 'Authorization: Bearer %s\n' "$(<"$3")" >"$file")
+  HEADER_FILES+=("$file")
+  printf -v "$1" '%s' "${file#"$PROJECT_DIR"/}"
+}
+HEADER_FILES=()
+
+# curl_json METHOD PATH [BODY]: one request to the API served by step_api, with its key,
+# status on its own line
 curl_json() {
-  local args=(-sS -m 10 -X "$1" -w '\nHTTP %{http_code}\n')
+  local args=(-sS -m 10 -X "$1" -H @"$LOCAL_HEADER" -w '\nHTTP %{http_code}\n')
   [ -z "${3:-}" ] || args+=(-H 'Content-Type: application/json' --data "$3")
   capture curl "${args[@]}" "http://127.0.0.1:$API_PORT$2"
 }
 
 step_api() {
-  evidence_begin 1-api-curl "the API with curl: one user, a batch, a taken email (409), a search"
-  local pid i
+  evidence_begin 1-api-curl "the API with curl and a key: one user, a batch, a taken email (409), a search"
+  local pid i made line
+  # A write key for this server only: its line in the server's environment, the key in a file.
+  made=$(python3 "$STACK_DIR/api_keys.py" new evidence write)
+  line=$(sed -n 1p <<<"$made")
+  (umask 077 && sed -n 2p <<<"$made" >"$WORK/local.key")
+  header_file LOCAL_HEADER evidence-local "$WORK/local.key"
   # One worker: the in-memory store lives in its process.
-  MONGO_URI=mongomock:// GUNICORN_CMD_ARGS="" "$PYTHON" -m gunicorn --workers=1 \
+  MONGO_URI=mongomock:// API_KEYS=$line GUNICORN_CMD_ARGS="" "$PYTHON" -m gunicorn --workers=1 \
     --bind="127.0.0.1:$API_PORT" 'usersapi:create_app()' >"$WORK/gunicorn.log" 2>&1 &
   pid=$!
   for ((i = 0; i < 50; i++)); do
@@ -179,14 +199,17 @@ step_verify() {
 }
 
 step_https() {
-  evidence_begin 7-https-curl "the API over https through the ingress, and http redirected to https"
+  evidence_begin 7-https-curl "the API over https through the ingress with the stack's key, without one (401), and http redirected to https"
+  local header
+  header_file header authorization "$ADMIN_KEY_FILE"
   if [ "$SEED_USER" = 1 ]; then
     # 201 the first time, 409 (email in use) once the demo user exists: both are fine.
-    capture curl -sS -k -m 10 -X POST -H 'Content-Type: application/json' --data "$DEMO_USER" \
-      -w '\nHTTP %{http_code}\n' "$HTTPS_URL/users"
+    capture curl -sS -k -m 10 -X POST -H @"$header" -H 'Content-Type: application/json' \
+      --data "$DEMO_USER" -w '\nHTTP %{http_code}\n' "$HTTPS_URL/users"
   fi
   capture curl -sS -I -m 10 "$HTTP_URL/users?limit=5"
-  capture curl -sS -k -i -m 10 "$HTTPS_URL/users/search?q=$SEARCH_QUERY"
+  capture curl -sS -k -i -m 10 -H @"$header" "$HTTPS_URL/users/search?q=$SEARCH_QUERY"
+  capture curl -sS -k -m 10 -D - -o /dev/null "$HTTPS_URL/users?limit=5"
   evidence_end
 }
 
@@ -195,18 +218,21 @@ step_browser() {
   [ "$SEED_USER" = 1 ] && expect_text=(--expect-text "$SEARCH_QUERY")
   banner 7-navegador-api "Chromium opens the search over https"
   "$PYTHON" "$RENDERER" url --insecure --expect-status 200 --expect-scheme https "${expect_text[@]}" \
-    --title "Chromium: GET /users/search?q=$SEARCH_QUERY over https through the ingress" \
+    --key-file "$VERIFY_KEY_FILE" \
+    --title "Chromium: GET /users/search?q=$SEARCH_QUERY over https through the ingress, with the read key verify" \
     --url "$HTTPS_URL/users/search?q=$SEARCH_QUERY" \
     --out "$EVIDENCE_DIR/7-navegador-api.png" --txt "$EVIDENCE_DIR/7-navegador-api.txt" || rc=$?
+  # No key here: a key is never sent over plain http, where the redirect answers.
   banner 7-navegador-redireccion "Chromium opens http:// and lands on https://"
   "$PYTHON" "$RENDERER" url --insecure --expect-status 200 --expect-scheme https --expect-redirect \
     --title "Chromium: http://$PUBLIC_HOST:$HTTP_PORT is redirected to https" \
-    --url "$HTTP_URL/users?limit=5" \
+    --url "$HTTP_URL/docs" \
     --out "$EVIDENCE_DIR/7-navegador-redireccion.png" \
     --txt "$EVIDENCE_DIR/7-navegador-redireccion.txt" || rc=$?
   banner 7-navegador-docs "Chromium runs a search from the interactive docs over https"
   "$PYTHON" "$RENDERER" docs --insecure --query "$SEARCH_QUERY" --url "$HTTPS_URL" \
-    --title "Chromium: $HTTPS_URL/docs, a search run from the page (Try it out, Execute)" \
+    --key-file "$VERIFY_KEY_FILE" \
+    --title "Chromium: $HTTPS_URL/docs, Authorize with the read key, a search run from the page (Try it out, Execute)" \
     --out "$EVIDENCE_DIR/7-navegador-docs.png" --txt "$EVIDENCE_DIR/7-navegador-docs.txt" || rc=$?
   return "$rc"
 }
@@ -294,10 +320,10 @@ step_lines() {
     deploy "$deploy" "$SWARM_SH secrets, deploy, docker stack ls" \
     services 5-stack-servicios.png "docker stack services, placement, docker stack ps" \
     verify 7-verificacion.png "$SWARM_SH verify (PASS/FAIL lines)" \
-    https 7-https-curl.png "curl: demo user, http -> 301, search over https" \
-    browser 7-navegador-api.png "Chromium: the search JSON over https" \
-    "" 7-navegador-redireccion.png "Chromium: http:// lands on https://" \
-    "" 7-navegador-docs.png "Chromium: /docs, a search run from the page, its 200"
+    https 7-https-curl.png "curl with the key: demo user, http -> 301, search; no key -> 401" \
+    browser 7-navegador-api.png "Chromium: the search JSON over https, read key" \
+    "" 7-navegador-redireccion.png "Chromium: http://.../docs lands on https://" \
+    "" 7-navegador-docs.png "Chromium: /docs, Authorize, a search run from the page, its 200"
 }
 
 usage() {
@@ -354,7 +380,7 @@ main() {
     [ "$known" = 1 ] || { usage >&2; die "unknown step: $step"; }
   done
   WORK=$(mktemp -d)
-  trap 'rm -rf "$WORK"' EXIT
+  trap 'rm -rf "$WORK" "${HEADER_FILES[@]}"' EXIT
   RUN_STEPS="${steps[*]}"
   banner preflight "tools and evidence directory"
   preflight

@@ -39,7 +39,7 @@ from http import HTTPStatus
 from pathlib import Path
 
 from browser_check import CHROMIUM, chromium, problems, search_from_docs
-from playwright.sync_api import Browser, Error, Request
+from playwright.sync_api import Browser, Error, Page, Request
 
 ROOT = str(Path(__file__).resolve().parent.parent)
 ANSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
@@ -210,13 +210,40 @@ def key_header(path: Path | None) -> dict[str, str]:
 
 
 # --- docs -------------------------------------------------------------------------------------
+KEY_SHOWN_AS = "<the API key, not shown>"
+
+
+def hide_key(page: Page, key: str) -> None:
+    """Swagger UI shows the request it sent as a curl command, its Authorization header
+    included: the key is replaced in the page's text before any screenshot, and a page that
+    still holds it anywhere is never pictured."""
+    if not key:
+        return
+    page.evaluate(
+        """([key, shown]) => {
+            const texts = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+            for (let node = texts.nextNode(); node; node = texts.nextNode()) {
+                node.nodeValue = node.nodeValue.replaceAll(key, shown);
+            }
+            for (const field of document.querySelectorAll("input, textarea")) {
+                field.value = field.value.replaceAll(key, shown);
+            }
+        }""",
+        [key, KEY_SHOWN_AS],
+    )
+    if key in page.content() or key in page.inner_text("body"):
+        raise Error("the page still shows the API key: no picture taken")
+
+
 def cmd_docs(args: argparse.Namespace) -> int:
     out, when, base = Path(args.out), now_utc(), args.url.rstrip("/")
     with chromium() as browser:
         context = browser.new_context(
             ignore_https_errors=args.insecure, viewport={"width": 1100, "height": 900}
         )
-        seen = search_from_docs(context.new_page(), base, args.query, read_key(args.key_file))
+        key = read_key(args.key_file)
+        seen = search_from_docs(context.new_page(), base, args.query, key)
+        hide_key(seen.page, key)
         found = problems(seen, base, "")
         live = seen.block.locator(".live-responses-table").bounding_box()
         bottom = live["y"] + live["height"] + 4 if live else 900
