@@ -14,7 +14,7 @@ import sys
 from collections.abc import MutableMapping
 from pathlib import Path
 
-import usersapi_auth as auth
+import usersapi_keys as keys
 from usersapi import IN_MEMORY_URI, create_app
 from usersapi_settings import ConfigError
 
@@ -25,7 +25,7 @@ def development_key() -> str:
     """The development server's write key, made once."""
     if not DEV_KEY_FILE.exists():
         DEV_KEY_FILE.touch(mode=0o600)
-        DEV_KEY_FILE.write_text(auth.new_key() + "\n", encoding="utf-8")
+        DEV_KEY_FILE.write_text(keys.new_key() + "\n", encoding="utf-8")
     return DEV_KEY_FILE.read_text(encoding="utf-8").strip()
 
 
@@ -40,7 +40,7 @@ def fill_in_the_defaults(env: MutableMapping[str, str]) -> list[str]:
         ]
     if env.get("MONGO_URI") == IN_MEMORY_URI and not {"API_KEYS", "API_KEYS_FILE"} & set(env):
         key = development_key()
-        env["API_KEYS"] = auth.key_line("dev", "write", key)
+        env["API_KEYS"] = keys.key_line("dev", "write", key)
         notes += [f"API key (write), also in {DEV_KEY_FILE}: {key}"]
     return notes
 

@@ -39,7 +39,7 @@ from pymongo.errors import ConnectionFailure, OperationFailure
 from werkzeug.test import TestResponse
 
 import usersapi
-import usersapi_auth
+import usersapi_keys
 import usersapi_telemetry as telemetry
 from usersapi import Settings, UserStore, create_app
 from usersapi_settings import ConfigError
@@ -53,14 +53,14 @@ Json = Any
 
 
 # The tests' API keys: one that may write, one that may only read.
-WRITE_KEY, READ_KEY = usersapi_auth.new_key(), usersapi_auth.new_key()
+WRITE_KEY, READ_KEY = usersapi_keys.new_key(), usersapi_keys.new_key()
 KEY_LINES = "\n".join(
     [
-        usersapi_auth.key_line("writer", "write", WRITE_KEY),
-        usersapi_auth.key_line("reader", "read", READ_KEY),
+        usersapi_keys.key_line("writer", "write", WRITE_KEY),
+        usersapi_keys.key_line("reader", "read", READ_KEY),
     ]
 )
-TEST_KEYS = usersapi_auth.parse_keys(KEY_LINES)
+TEST_KEYS = usersapi_keys.parse_keys(KEY_LINES)
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -430,12 +430,12 @@ def test_no_key_or_another_scheme_is_401_without_an_error_code(
     [
         f"Bearer {WRITE_KEY}x",  # one character more
         f"Bearer {WRITE_KEY[:-1]}",  # one character less: a right prefix is not enough
-        f"Bearer {usersapi_auth.new_key()}",  # well formed, but nobody's
+        f"Bearer {usersapi_keys.new_key()}",  # well formed, but nobody's
         "Bearer",  # the scheme without a token
         "Bearer two words",
         "Bearer (not-a-token)",
         f"Bearer {'a' * 600}",
-        f"Bearer {usersapi_auth.digest_of(WRITE_KEY).hex()}",  # the digest is not the key
+        f"Bearer {usersapi_keys.digest_of(WRITE_KEY).hex()}",  # the digest is not the key
     ],
 )
 def test_a_malformed_or_unknown_key_is_401_invalid_token(
@@ -502,7 +502,7 @@ def test_every_configured_digest_is_compared_whichever_key_matches(
         return real(a, b)
 
     monkeypatch.setattr(hmac, "compare_digest", counted)
-    for key in (WRITE_KEY, READ_KEY, WRITE_KEY[:-1], usersapi_auth.new_key()):
+    for key in (WRITE_KEY, READ_KEY, WRITE_KEY[:-1], usersapi_keys.new_key()):
         compared.clear()
         anonymous.get("/users", headers=bearer(key))
         assert compared == [key.digest for key in TEST_KEYS]  # all of them, in constant time
@@ -603,7 +603,7 @@ def test_a_malformed_key_file_stops_the_app_naming_the_line(text: str, message: 
 
 
 def test_a_key_pasted_into_the_file_is_never_repeated_in_the_error() -> None:
-    key = usersapi_auth.new_key()
+    key = usersapi_keys.new_key()
     with pytest.raises(ConfigError) as refused_file:
         Settings.from_env({"MONGO_HOST": "db", "API_KEYS": f"admin write {key}"})
     assert key not in str(refused_file.value)
@@ -628,11 +628,11 @@ def test_without_a_key_the_app_refuses_a_real_mongodb() -> None:
 
 
 def test_keys_the_project_makes_are_long_random_and_recognisable() -> None:
-    keys = {usersapi_auth.new_key() for _ in range(100)}
+    keys = {usersapi_keys.new_key() for _ in range(100)}
     assert len(keys) == 100
     for key in keys:
         assert re.fullmatch(r"usersapi_[A-Za-z0-9_-]{43}", key)  # 32 bytes, URL-safe base64
-    line = usersapi_auth.key_line("ci", "read", WRITE_KEY)
+    line = usersapi_keys.key_line("ci", "read", WRITE_KEY)
     assert line == f"ci read sha256:{hashlib.sha256(WRITE_KEY.encode()).hexdigest()}"
 
 
@@ -645,7 +645,7 @@ def test_the_key_command_makes_a_key_and_checks_a_file(tmp_path: Path) -> None:
     made = run("new", "ci", "read")
     assert made.returncode == 0, made.stderr
     line, key = made.stdout.splitlines()
-    assert usersapi_auth.parse_keys(line)[0].digest == usersapi_auth.digest_of(key)
+    assert usersapi_keys.parse_keys(line)[0].digest == usersapi_keys.digest_of(key)
     (tmp_path / "keys").write_text(line + "\n", encoding="utf-8")
     assert run("check", str(tmp_path / "keys")).stdout.endswith("1 keys: ci\n")
     (tmp_path / "bad").write_text(f"ci read {key}\n", encoding="utf-8")
@@ -2277,8 +2277,8 @@ def test_no_secret_reaches_any_log_line(json_logs: Callable[[], list[Json]]) -> 
     assert password not in logged
     assert cookie not in logged
     for key in (WRITE_KEY, READ_KEY):  # neither a key, nor any part of one, nor its digest
-        assert key[len(usersapi_auth.KEY_PREFIX) :][:12] not in logged
-        assert usersapi_auth.digest_of(key).hex() not in logged
+        assert key[len(usersapi_keys.KEY_PREFIX) :][:12] not in logged
+        assert usersapi_keys.digest_of(key).hex() not in logged
     assert [line["key"] for line in access_lines(lines)] == ["writer", "reader", None, None]
 
 

@@ -4,7 +4,8 @@ editing and deleting users, each request authorised by an API key.
 The module reads top to bottom: configuration, models and validation, data access, the
 batch use cases, routes, errors and the app factory. Its siblings hold what every route
 shares, and ``create_app()`` wires them in: usersapi_settings (reading the environment),
-usersapi_auth (API keys), usersapi_problems (errors as problem documents),
+usersapi_auth (checking each request's API key), usersapi_keys (the key file),
+usersapi_problems (errors as problem documents),
 usersapi_telemetry (request ids, logs, metrics) and usersapi_docs (the OpenAPI document and
 /docs); none of them imports this module.
 Production runs gunicorn with gunicorn.conf.py (``usersapi:create_app()``); devserver.py is
@@ -60,6 +61,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 import usersapi_auth as auth
 import usersapi_docs as docs
+import usersapi_keys as keys
 import usersapi_problems as problems
 import usersapi_telemetry as telemetry
 from usersapi_problems import ApiError, ProblemItem, json_response, problem_response
@@ -100,7 +102,7 @@ class Settings(EnvironmentSettings):
     log_level: telemetry.LogLevel = "INFO"
     log_format: telemetry.LogFormat = "json"
     # The key file's text (NoDecode: not JSON), parsed into keys by parse_key_file.
-    api_keys: Annotated[tuple[auth.ApiKey, ...], NoDecode] = Field(default=(), repr=False)
+    api_keys: Annotated[tuple[keys.ApiKey, ...], NoDecode] = Field(default=(), repr=False)
     # The image sets it from its build argument, so /openapi.json names the image.
     usersapi_version: str = __version__
 
@@ -126,7 +128,7 @@ class Settings(EnvironmentSettings):
     @field_validator("api_keys", mode="before")
     @classmethod
     def parse_key_file(cls, value: object) -> object:
-        return auth.parse_keys(value) if isinstance(value, str) else value
+        return keys.parse_keys(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def usable_uri(self) -> Self:
@@ -147,8 +149,8 @@ class Settings(EnvironmentSettings):
         """A one-line summary for the logs, without secrets."""
         store = "in-memory store (mongomock)" if self.in_memory else redact_uri(self.mongo_uri)
         user = f" as {self.mongo_user}" if self.mongo_user else ""
-        keys = f"{len(self.api_keys)} API keys ({', '.join(k.name for k in self.api_keys)})"
-        return f"MongoDB {store}{user}, database {self.mongo_db}; {keys}"
+        key_names = f"{len(self.api_keys)} API keys ({', '.join(k.name for k in self.api_keys)})"
+        return f"MongoDB {store}{user}, database {self.mongo_db}; {key_names}"
 
 
 # --------------------------------------------------------------------------------------

@@ -1,10 +1,7 @@
-"""API keys of the users API: the key file, new keys, and the check of each request's key.
+"""API keys of the users API: the check of each request's key, and a command for new keys.
 
-A key file holds one key per line, ``NAME SCOPE sha256:HEX``: a name (1 to 64 of A-Z a-z 0-9
-. _ -, unique in the file), a scope (``read``, or ``write``, which includes read) and the
-SHA-256 of the key's UTF-8 text as 64 lower-case hex digits. Blank lines and lines starting
-with ``#`` are ignored. The file holds no key itself, so a leaked file opens nothing. A
-request presents its key as ``Authorization: Bearer KEY``.
+The keys come from a key file (usersapi_keys: one ``NAME SCOPE sha256:HEX`` line a key, never
+the key itself). A request presents its key as ``Authorization: Bearer KEY``.
 
 ``require_key()`` is the first thing every /users request meets. As a command (in the
 image too: ``docker run --rm IMAGE python usersapi_auth.py new NAME write``):
@@ -15,11 +12,9 @@ image too: ``docker run --rm IMAGE python usersapi_auth.py new NAME write``):
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import re
-import secrets
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,15 +22,17 @@ from typing import Literal
 
 from flask import g, request
 
+from usersapi_keys import (
+    ApiKey,
+    KeyFileError,
+    digest_of,
+    key_line,
+    new_key,
+    parse_keys,
+)
 from usersapi_problems import ApiError
 from usersapi_telemetry import record_refusal
 
-# A recognisable prefix, so secret scanners and people can tell a leaked key for what it is.
-KEY_PREFIX = "usersapi_"
-KEY_BYTES = 32
-SCOPES = ("read", "write")
-NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
-DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 # RFC 6750's b64token, at most 512 characters: anything else cannot be a key of ours.
 BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]{1,512}=*")
 
@@ -62,70 +59,6 @@ REFUSALS: dict[Refusal, RefusalAnswer] = {
         f'{REALM}, error="insufficient_scope", scope="write"',
     ),
 }
-
-
-class KeyFileError(ValueError):
-    """A line of a key file that is not a key line. The message never repeats the line's
-    third field: someone may have pasted a key there instead of its digest."""
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    name: str
-    scope: str
-    digest: bytes  # SHA-256 of the key
-
-    def may_write(self) -> bool:
-        return self.scope == "write"
-
-
-def digest_of(key: str) -> bytes:
-    return hashlib.sha256(key.encode("utf-8")).digest()
-
-
-def parse_key_line(line: str) -> ApiKey:
-    fields = line.split()
-    if len(fields) != 3:
-        raise KeyFileError(f"expected NAME SCOPE sha256:HEX, found {len(fields)} fields")
-    name, scope, digest = fields
-    if not NAME.fullmatch(name):
-        raise KeyFileError("the name must be 1 to 64 letters, digits, '.', '_' or '-'")
-    if scope not in SCOPES:
-        raise KeyFileError(f"key {name}: the scope must be read or write, not {scope!r}")
-    if not DIGEST.fullmatch(digest):
-        raise KeyFileError(
-            f"key {name}: the third field must be sha256: and 64 lower-case hex digits "
-            "(the SHA-256 of the key, never the key itself)"
-        )
-    return ApiKey(name, scope, bytes.fromhex(digest.removeprefix("sha256:")))
-
-
-def parse_keys(text: str) -> tuple[ApiKey, ...]:
-    """Every key of a key file; KeyFileError names the first bad line by its number."""
-    keys: dict[str, tuple[int, ApiKey]] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        try:
-            key = parse_key_line(line)
-        except KeyFileError as exc:
-            raise KeyFileError(f"line {number}: {exc}") from None
-        if key.name in keys:
-            first = keys[key.name][0]
-            raise KeyFileError(f"line {number}: the name {key.name} is already on line {first}")
-        keys[key.name] = (number, key)
-    return tuple(key for _, key in keys.values())
-
-
-def new_key() -> str:
-    """A new key: the prefix and 32 random bytes as URL-safe base64 (43 characters)."""
-    return KEY_PREFIX + secrets.token_urlsafe(KEY_BYTES)
-
-
-def key_line(name: str, scope: str, key: str) -> str:
-    line = f"{name} {scope} sha256:{digest_of(key).hex()}"
-    parse_key_line(line)  # the name and scope are checked as a file's line would be
-    return line
 
 
 def bearer_token(authorization: str | None) -> tuple[str, Refusal | None]:

@@ -2,11 +2,9 @@
 """The API's key file for stack/swarm.sh (secrets, api-key, deploy, the drill), Python's
 standard library only, so it runs wherever the script does.
 
-A key file holds one key per line, `NAME SCOPE sha256:HEX` (CONTRACTS.md; the API reads it
-with usersapi_auth.parse_keys, and these are the same rules, tested against it): NAME 1 to 64
-of A-Z a-z 0-9 . _ -, unique; SCOPE read or write; HEX the 64 lower-case hex digits of the
-SHA-256 of the key's UTF-8 text. Blank lines and lines starting with # are ignored. A key is
-`usersapi_` and 32 random bytes as URL-safe base64 without padding.
+The file's rules and new keys are the API's own (usersapi_keys, beside stack/: one line a
+key, `NAME SCOPE sha256:HEX`, never the key itself; a key is `usersapi_` and 32 random bytes
+as URL-safe base64).
 
   api_keys.py check FILE                      exit 0 and the names, or 1 naming the bad line
   api_keys.py new NAME SCOPE                  a new key's line, then the key (two lines)
@@ -24,69 +22,30 @@ exit status 1 and never repeat a line's third field (a key may have been pasted 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
-import re
-import secrets
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-KEY_PREFIX = "usersapi_"
-KEY_BYTES = 32
-SCOPES = ("read", "write")
-NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
-DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+# The API's module for its key file, from the project's root (stack/..): standard library
+# only, like this script.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from usersapi_keys import (
+    KEY_PREFIX,
+    ApiKey,
+    KeyFileError,
+    check_name,
+    key_line,
+    new_key,
+    parse_keys,
+)
+
 HEADER = (
     "# API keys: NAME SCOPE sha256:<SHA-256 of the key>. Made by stack/swarm.sh; no key is "
     "kept here.\n"
 )
 
 
-class KeyFileError(ValueError):
-    """A key file, or a change to one, that is refused."""
-
-
-@dataclass(frozen=True)
-class KeyLine:
-    number: int
-    name: str
-    scope: str
-    digest: str
-
-
-def parse(text: str) -> list[KeyLine]:
-    """Every key line of TEXT, by the API's rules; KeyFileError names the first bad line."""
-    found: dict[str, KeyLine] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        fields = line.split()
-        if len(fields) != 3:
-            raise KeyFileError(
-                f"line {number}: expected NAME SCOPE sha256:HEX, found {len(fields)} fields"
-            )
-        name, scope, digest = fields
-        if not NAME.fullmatch(name):
-            raise KeyFileError(
-                f"line {number}: the name must be 1 to 64 letters, digits, '.', '_' or '-'"
-            )
-        if scope not in SCOPES:
-            raise KeyFileError(f"line {number}: key {name}: the scope must be read or write")
-        if not DIGEST.fullmatch(digest):
-            raise KeyFileError(
-                f"line {number}: key {name}: the third field must be sha256: and 64 lower-case "
-                "hex digits (the SHA-256 of the key, never the key itself)"
-            )
-        if name in found:
-            raise KeyFileError(
-                f"line {number}: the name {name} is already on line {found[name].number}"
-            )
-        found[name] = KeyLine(number, name, scope, digest)
-    return list(found.values())
-
-
-def read(path: Path) -> tuple[str, list[KeyLine]]:
+def read(path: Path) -> tuple[str, tuple[ApiKey, ...]]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -94,26 +53,17 @@ def read(path: Path) -> tuple[str, list[KeyLine]]:
     except UnicodeDecodeError:
         raise KeyFileError(f"{path}: not UTF-8 text") from None
     try:
-        return text, parse(text)
+        return text, parse_keys(text)
     except KeyFileError as exc:
         raise KeyFileError(f"{path}: {exc}") from None
 
 
-def check_name(name: str, scope: str | None = None) -> None:
-    if not NAME.fullmatch(name):
-        raise KeyFileError(
-            f"a key's name is 1 to 64 letters, digits, '.', '_' or '-', not {name!r}"
-        )
-    if scope is not None and scope not in SCOPES:
-        raise KeyFileError(f"a key's scope is read or write, not {scope!r}")
-
-
-def new_key() -> str:
-    return KEY_PREFIX + secrets.token_urlsafe(KEY_BYTES)
-
-
-def line_of(name: str, scope: str, key: str) -> str:
-    return f"{name} {scope} sha256:{hashlib.sha256(key.encode('utf-8')).hexdigest()}"
+def checked_name(name: str, scope: str | None = None) -> None:
+    """NAME and SCOPE as the command line gave them, by the key file's rules."""
+    try:
+        check_name(name, scope)
+    except KeyFileError as exc:
+        raise KeyFileError(f"{exc}, not {name!r}" if "name" in str(exc) else str(exc)) from None
 
 
 def write_private(path: Path, text: str, *, exclusive: bool = False) -> None:
@@ -147,8 +97,8 @@ def check(path: Path) -> str:
 
 
 def ensure(path: Path, name: str, scope: str, key_file: Path) -> str:
-    check_name(name, scope)
-    text, keys = read(path) if path.exists() else (HEADER, [])
+    checked_name(name, scope)
+    text, keys = read(path) if path.exists() else (HEADER, ())
     said = []
     if not key_file.exists() or key_file.stat().st_size == 0:
         write_private(key_file, new_key() + "\n")
@@ -156,9 +106,9 @@ def ensure(path: Path, name: str, scope: str, key_file: Path) -> str:
     key = key_file.read_text(encoding="utf-8").strip()
     if not key.startswith(KEY_PREFIX) or any(c.isspace() for c in key):
         raise KeyFileError(f"{key_file} does not hold one key ({KEY_PREFIX}...)")
-    line = line_of(name, scope, key)
+    line = key_line(name, scope, key)
     current = next((k for k in keys if k.name == name), None)
-    if current is not None and f"{current.name} {current.scope} {current.digest}" == line:
+    if current is not None and current.text() == line:
         said.append(f"{name} ({scope}) is in {path}, reusing it")
         return "; ".join(said)
     write_private(path, appended(without(text, name), line))
@@ -168,21 +118,21 @@ def ensure(path: Path, name: str, scope: str, key_file: Path) -> str:
 
 
 def add(path: Path, name: str, scope: str, out: Path) -> str:
-    check_name(name, scope)
+    checked_name(name, scope)
     text, keys = read(path)
     if any(k.name == name for k in keys):
         raise KeyFileError(
             f"a key named {name} exists already ({path}, line "
-            f"{next(k.number for k in keys if k.name == name)}): choose another name, or "
+            f"{next(k.line for k in keys if k.name == name)}): choose another name, or "
             f"revoke it first (api-key --revoke {name})"
         )
     key = new_key()
-    write_private(out, appended(text, line_of(name, scope, key)), exclusive=True)
+    write_private(out, appended(text, key_line(name, scope, key)), exclusive=True)
     return key
 
 
 def revoke(path: Path, name: str, out: Path, kept: tuple[str, ...]) -> str:
-    check_name(name)
+    checked_name(name)
     text, keys = read(path)
     if name not in {k.name for k in keys}:
         names = " ".join(k.name for k in keys) or "none"
@@ -223,9 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             print(check(args.file))
         elif args.command == "new":
-            check_name(args.name, args.scope)
+            checked_name(args.name, args.scope)
             key = new_key()
-            print(line_of(args.name, args.scope, key))
+            print(key_line(args.name, args.scope, key))
             print(key)
         elif args.command == "ensure":
             print(ensure(args.file, args.name, args.scope, args.key_file))

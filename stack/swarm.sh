@@ -554,7 +554,7 @@ check_settings() {  # before any step runs
 
 api_nodes() { printf '%s' "${API_NODE//,/ }"; }  # API_NODE, commas or spaces between names
 
-check_key_name() {  # the API's rule for a key's name (usersapi_auth.py, stack/api_keys.py)
+check_key_name() {  # the API's rule for a key's name (usersapi_keys.py)
   [[ $1 =~ ^[A-Za-z0-9._-]{1,64}$ ]] || usage_error "an API key's name is 1 to 64 letters, digits, '.', '_' or '-', not '$1'"
 }
 
