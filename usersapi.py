@@ -77,15 +77,14 @@ log = logging.getLogger("usersapi")
 
 IN_MEMORY_URI = "mongomock://"
 MONGO_SETTINGS = {"mongo_uri", "mongo_host", "mongo_port", "mongo_user", "mongo_password"}
-# Secrets: each may come as NAME_FILE, a file holding the value (as Docker secrets arrive).
-SECRET_SETTINGS = ("MONGO_URI", "MONGO_USER", "MONGO_PASSWORD", "API_KEYS")
 
 
 class Settings(EnvironmentSettings):
     """Everything the service reads from its environment: each field from the variable of
     its name in upper case (MONGO_URI...), read by ``Settings.from_env()``."""
 
-    SECRETS = SECRET_SETTINGS
+    # Secrets: each may come as NAME_FILE, a file holding the value (as Docker secrets arrive).
+    SECRETS = ("MONGO_URI", "MONGO_USER", "MONGO_PASSWORD", "API_KEYS")
 
     mongo_uri: str = Field(default="", repr=False)  # may hold a password
     mongo_host: str = "localhost"

@@ -28,7 +28,7 @@ from pydantic.json_schema import models_json_schema
 from werkzeug.exceptions import NotFound
 
 from usersapi_auth import REFUSALS
-from usersapi_problems import Problem, reason_phrase
+from usersapi_problems import Problem, ProblemItem, problem_of, reason_phrase
 
 Document = dict[str, Any]
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -166,11 +166,8 @@ def error_examples(facts: ApiFacts) -> dict[int, dict[str, tuple[str, Document]]
     """Examples of each error status, for one user and for a batch where they differ."""
 
     def problem(status: int, detail: str, *errors: tuple[int | None, str, str]) -> Document:
-        items = [{"index": index, "field": name, "message": msg} for index, name, msg in errors]
-        title = reason_phrase(status)
-        return {"type": "about:blank", "title": title, "status": status, "detail": detail} | {
-            "errors": items
-        }
+        items = [ProblemItem(index=index, field=name, message=msg) for index, name, msg in errors]
+        return problem_of(status, detail, items).model_dump(mode="json")
 
     rules, taken, invalid = facts.rules, "some emails are already in use", "some users are invalid"
     too_many = f"a batch holds at most {facts.max_batch} users, got {facts.max_batch + 1}"
@@ -305,6 +302,14 @@ def users_paths(m: ApiModels, operation: Operations, max_batch: int) -> Document
         security=READ,
     )
     get_one["responses"]["304"] = {"description": reason_phrase(304), "headers": ETAG}
+
+    def page_read(summary: str, query: type[BaseModel]) -> Document:
+        """A read of a page of users, its parameters from QUERY."""
+        parameters = query_parameters(query)
+        return operation(
+            summary, (200, ref(m.page)), (400, *KEYED), parameters=parameters, security=READ
+        )
+
     return {
         "/users": {
             "post": operation(
@@ -337,22 +342,10 @@ def users_paths(m: ApiModels, operation: Operations, max_batch: int) -> Document
                 headers=SINGLE_ETAG,
                 security=WRITE,
             ),
-            "get": operation(
-                "List users",
-                (200, ref(m.page)),
-                (400, *KEYED),
-                parameters=query_parameters(m.page_query),
-                security=READ,
-            ),
+            "get": page_read("List users", m.page_query),
         },
         "/users/search": {
-            "get": operation(
-                "Users whose name, email or username contains q",
-                (200, ref(m.page)),
-                (400, *KEYED),
-                parameters=query_parameters(m.search_query),
-                security=READ,
-            ),
+            "get": page_read("Users whose name, email or username contains q", m.search_query),
         },
         "/users/{user_id}": {
             "get": get_one,

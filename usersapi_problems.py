@@ -83,19 +83,21 @@ def json_response(payload: object, status: int = HTTPStatus.OK) -> Response:
     )
 
 
+def problem_of(status: int, detail: str, errors: Iterable[ProblemItem] = ()) -> Problem:
+    """The problem document of an answer with STATUS, titled with its reason phrase."""
+    title = reason_phrase(status)
+    return Problem(
+        type=PROBLEM_TYPE, title=title, status=status, detail=detail, errors=list(errors)
+    )
+
+
 def problem_response(
     status: int,
     detail: str,
     errors: Iterable[ProblemItem] = (),
     headers: Mapping[str, str] | None = None,
 ) -> Response:
-    problem = Problem(
-        type=PROBLEM_TYPE,
-        title=reason_phrase(status),
-        status=status,
-        detail=detail,
-        errors=list(errors),
-    )
+    problem = problem_of(status, detail, errors)
     response = json_response(problem.model_dump(mode="json"), status)
     response.mimetype = "application/problem+json"
     response.headers.update(headers or {})
