@@ -50,7 +50,9 @@ def digest_of(key: str) -> bytes:
 def check_name(name: str, scope: str | None = None) -> None:
     """NAME (and SCOPE, when given) as a key line must have them."""
     if not NAME.fullmatch(name):
-        raise KeyFileError("the name must be 1 to 64 letters, digits, '.', '_' or '-'")
+        raise KeyFileError(
+            f"the name must be 1 to 64 letters, digits, '.', '_' or '-', not {name!r}"
+        )
     if scope is not None and scope not in SCOPES:
         raise KeyFileError(f"key {name}: the scope must be read or write, not {scope!r}")
 
@@ -94,4 +96,4 @@ def new_key() -> str:
 def key_line(name: str, scope: str, key: str) -> str:
     """KEY's line in a key file; KeyFileError when NAME or SCOPE could not stand in one."""
     check_name(name, scope)
-    return f"{name} {scope} sha256:{digest_of(key).hex()}"
+    return ApiKey(name, scope, digest_of(key)).text()

@@ -58,14 +58,6 @@ def read(path: Path) -> tuple[str, tuple[ApiKey, ...]]:
         raise KeyFileError(f"{path}: {exc}") from None
 
 
-def checked_name(name: str, scope: str | None = None) -> None:
-    """NAME and SCOPE as the command line gave them, by the key file's rules."""
-    try:
-        check_name(name, scope)
-    except KeyFileError as exc:
-        raise KeyFileError(f"{exc}, not {name!r}" if "name" in str(exc) else str(exc)) from None
-
-
 def write_private(path: Path, text: str, *, exclusive: bool = False) -> None:
     """TEXT into PATH, readable by its owner only from the first byte."""
     flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
@@ -97,7 +89,7 @@ def check(path: Path) -> str:
 
 
 def ensure(path: Path, name: str, scope: str, key_file: Path) -> str:
-    checked_name(name, scope)
+    check_name(name, scope)
     text, keys = read(path) if path.exists() else (HEADER, ())
     said = []
     if not key_file.exists() or key_file.stat().st_size == 0:
@@ -118,13 +110,13 @@ def ensure(path: Path, name: str, scope: str, key_file: Path) -> str:
 
 
 def add(path: Path, name: str, scope: str, out: Path) -> str:
-    checked_name(name, scope)
+    check_name(name, scope)
     text, keys = read(path)
-    if any(k.name == name for k in keys):
+    existing = next((k for k in keys if k.name == name), None)
+    if existing is not None:
         raise KeyFileError(
-            f"a key named {name} exists already ({path}, line "
-            f"{next(k.line for k in keys if k.name == name)}): choose another name, or "
-            f"revoke it first (api-key --revoke {name})"
+            f"a key named {name} exists already ({path}, line {existing.line}): choose "
+            f"another name, or revoke it first (api-key --revoke {name})"
         )
     key = new_key()
     write_private(out, appended(text, key_line(name, scope, key)), exclusive=True)
@@ -132,7 +124,7 @@ def add(path: Path, name: str, scope: str, out: Path) -> str:
 
 
 def revoke(path: Path, name: str, out: Path, kept: tuple[str, ...]) -> str:
-    checked_name(name)
+    check_name(name)
     text, keys = read(path)
     if name not in {k.name for k in keys}:
         names = " ".join(k.name for k in keys) or "none"
@@ -173,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             print(check(args.file))
         elif args.command == "new":
-            checked_name(args.name, args.scope)
+            check_name(args.name, args.scope)
             key = new_key()
             print(key_line(args.name, args.scope, key))
             print(key)
