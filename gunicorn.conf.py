@@ -33,15 +33,6 @@ def env_int(name: str, default: int) -> int:
     return int(raw)
 
 
-def env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
-    """NAME, one of CHOICES in any letter case (as the app reads it)."""
-    raw = os.environ.get(name, "").strip() or default
-    for choice in choices:
-        if raw.lower() == choice.lower():
-            return choice
-    raise SystemExit(f"gunicorn.conf.py: {name} must be one of {', '.join(choices)}, got {raw!r}")
-
-
 wsgi_app = "usersapi:create_app()"
 bind = ["0.0.0.0:8000"]
 
@@ -80,7 +71,8 @@ if CREATED_METRICS_DIR:
 # Imported only now, after PROMETHEUS_MULTIPROC_DIR is set above.
 from gunicorn.glogging import Logger  # type: ignore[import-untyped]  # noqa: E402
 
-from usersapi_telemetry import LOG_FORMATS, LOG_LEVELS  # noqa: E402
+from usersapi_settings import ConfigError  # noqa: E402
+from usersapi_telemetry import LogSettings  # noqa: E402
 
 
 class AppWritesTheAccessLine(Logger):  # type: ignore[misc]
@@ -94,15 +86,21 @@ class AppWritesTheAccessLine(Logger):  # type: ignore[misc]
 
 logger_class = AppWritesTheAccessLine
 
-LOG_FORMAT = env_choice("LOG_FORMAT", LOG_FORMATS, "json")
-loglevel = env_choice("LOG_LEVEL", LOG_LEVELS, "INFO").lower()
+try:
+    LOG_SETTINGS = LogSettings.from_env()  # the app's own rules for the two
+except ConfigError as exc:
+    raise SystemExit(f"gunicorn.conf.py: {exc}") from None
+loglevel = LOG_SETTINGS.log_level.lower()
 accesslog = None
 errorlog = "-"
 logconfig_dict: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "usersapi": {"()": "usersapi_telemetry.log_formatter", "log_format": LOG_FORMAT},
+        "usersapi": {
+            "()": "usersapi_telemetry.log_formatter",
+            "log_format": LOG_SETTINGS.log_format,
+        },
     },
     "handlers": {
         "stderr": {

@@ -2321,6 +2321,27 @@ def test_a_bad_log_setting_is_a_configuration_error(env: dict[str, str], message
     )
 
 
+@pytest.mark.process
+def test_gunicorn_reads_the_log_settings_by_the_apps_rules(tmp_path: Path) -> None:
+    def conf(**env: str) -> subprocess.CompletedProcess[str]:
+        show = "import runpy; c = runpy.run_path('gunicorn.conf.py'); "
+        show += "print(c['loglevel'], c['LOG_SETTINGS'].log_format)"
+        environment = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), **env}
+        command = [sys.executable, "-c", show]
+        return subprocess.run(  # noqa: S603
+            command, cwd=HERE, env=environment, capture_output=True, text=True, check=False
+        )
+
+    assert conf(LOG_LEVEL=" warning ", LOG_FORMAT="TEXT").stdout == "warning text\n"
+    refused = conf(LOG_LEVEL="loud")
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        "gunicorn.conf.py: LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, "
+        "got 'LOUD'"
+    )
+    assert "LOG_FORMAT must be one of json, text, got 'xml'" in conf(LOG_FORMAT="xml").stderr
+
+
 def test_text_logs_for_the_development_server(caplog: pytest.LogCaptureFixture) -> None:
     assert Settings.from_env({"MONGO_URI": "mongomock://"}).log_format == "json"
     settings = Settings.from_env({"MONGO_URI": "mongomock://", "LOG_FORMAT": "text"})

@@ -65,7 +65,7 @@ import usersapi_keys as keys
 import usersapi_problems as problems
 import usersapi_telemetry as telemetry
 from usersapi_problems import ApiError, ProblemItem, json_response, problem_response
-from usersapi_settings import ConfigError, EnvironmentSettings, redact_uri
+from usersapi_settings import ConfigError, redact_uri
 
 __version__ = "2.0.0"
 
@@ -79,7 +79,7 @@ IN_MEMORY_URI = "mongomock://"
 MONGO_SETTINGS = {"mongo_uri", "mongo_host", "mongo_port", "mongo_user", "mongo_password"}
 
 
-class Settings(EnvironmentSettings):
+class Settings(telemetry.LogSettings):
     """Everything the service reads from its environment: each field from the variable of
     its name in upper case (MONGO_URI...), read by ``Settings.from_env()``."""
 
@@ -98,8 +98,6 @@ class Settings(EnvironmentSettings):
     mongo_pool_size: PositiveInt = 10
     max_batch: PositiveInt = 1000
     max_content_length: PositiveInt = 1024 * 1024
-    log_level: telemetry.LogLevel = "INFO"
-    log_format: telemetry.LogFormat = "json"
     # The key file's text (NoDecode: not JSON), parsed into keys by parse_key_file.
     api_keys: Annotated[tuple[keys.ApiKey, ...], NoDecode] = Field(default=(), repr=False)
     # The image sets it from its build argument, so /openapi.json names the image.
@@ -115,14 +113,6 @@ class Settings(EnvironmentSettings):
                 f"MONGO_URI={IN_MEMORY_URI} selects an in-memory store"
             )
         return values
-
-    @field_validator("log_level", "log_format", mode="before")
-    @classmethod
-    def any_letter_case(cls, value: object, info: Any) -> object:
-        if not isinstance(value, str):
-            return value
-        value = value.strip()
-        return value.upper() if info.field_name == "log_level" else value.lower()
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -17,7 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, Self, get_args
+from typing import Any, Literal, Self
 
 from flask import Blueprint, Flask, Response, current_app, g, has_request_context, request
 from prometheus_client import (
@@ -29,7 +29,10 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from pydantic import ValidationInfo, field_validator
 from pythonjsonlogger.json import JsonFormatter as LibraryJsonFormatter
+
+from usersapi_settings import EnvironmentSettings
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # The same rule as the nginx ingress: anything else is replaced, never logged as sent.
@@ -37,8 +40,6 @@ SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 UNMATCHED_ROUTE = "<unmatched>"
 LogFormat = Literal["json", "text"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
-LOG_FORMATS: tuple[str, ...] = get_args(LogFormat)
-LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
 access_log = logging.getLogger("usersapi.access")
 ACCESS = "access"  # the attribute of a log record that holds the access line's fields
 
@@ -68,6 +69,22 @@ def request_id_of(record: logging.LogRecord) -> str | None:
 # --------------------------------------------------------------------------------------
 # Logs
 # --------------------------------------------------------------------------------------
+
+
+class LogSettings(EnvironmentSettings):
+    """LOG_LEVEL and LOG_FORMAT, in any letter case: part of the API's settings, and read
+    alone by gunicorn.conf.py for gunicorn's own log."""
+
+    log_level: LogLevel = "INFO"
+    log_format: LogFormat = "json"
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def any_letter_case(cls, value: object, info: ValidationInfo) -> object:
+        if not isinstance(value, str):
+            return value
+        value = value.strip()
+        return value.upper() if info.field_name == "log_level" else value.lower()
 
 
 def time_of(record: logging.LogRecord) -> str:
