@@ -427,6 +427,23 @@ SETTINGS = {
 }
 
 
+def write_rules(sandbox: Path, rules: list[Rule]) -> Path:
+    path = sandbox / "rules.json"
+    path.write_text(json.dumps(rules))
+    return path
+
+
+def fake_docker_env(sandbox: Path, rules: list[Rule], log: Path) -> dict[str, str]:
+    """What the fake docker in SANDBOX needs: PATH to it, its files, and the stack's name."""
+    return {
+        "PATH": f"{sandbox / 'bin'}:{os.environ['PATH']}",
+        "FAKE_DOCKER_LOG": str(log),
+        "FAKE_DOCKER_RULES": str(write_rules(sandbox, rules)),
+        "FAKE_DOCKER_MARKERS": str(sandbox / "markers"),
+        "STACK_NAME": STACK,
+    }
+
+
 def swarm(
     sandbox: Path,
     *args: str,
@@ -435,8 +452,6 @@ def swarm(
     env: dict[str, str] | None = None,
     **settings: str,
 ) -> Run:
-    rules_file = sandbox / "rules.json"
-    rules_file.write_text(json.dumps(rules or []))
     log = sandbox / "docker.log"
     log.write_text("")
     for marker in (sandbox / "markers").iterdir():
@@ -444,11 +459,7 @@ def swarm(
     base = {k: v for k, v in os.environ.items() if k not in SETTINGS}
     full_env = {
         **base,
-        "PATH": f"{sandbox / 'bin'}:{os.environ['PATH']}",
-        "FAKE_DOCKER_LOG": str(log),
-        "FAKE_DOCKER_RULES": str(rules_file),
-        "FAKE_DOCKER_MARKERS": str(sandbox / "markers"),
-        "STACK_NAME": STACK,
+        **fake_docker_env(sandbox, rules or [], log),
         "HTTP_PORT": "28080",
         "HTTPS_PORT": "28443",
         "SECRETS_DIR": str(sandbox / "secrets"),
@@ -793,21 +804,12 @@ def test_the_backup_users_password_reaches_a_secret_on_stdin_as_yaml(sandbox: Pa
     assert len(created) == 1
     text = created[0]["stdin"]
     assert text == tools_config(BACKUP_PASSWORD)
-    assert swarm_state_password(text) == BACKUP_PASSWORD
-
-
-def swarm_state_password(text: str) -> str:
-    """The password a YAML parser finds in the --config file (a double-quoted scalar)."""
-    key, _, value = text.strip().partition(": ")
-    assert key == "password"
-    parsed = json.loads(value)
-    assert isinstance(parsed, str)
-    return parsed
+    assert yaml.safe_load(text) == {"password": BACKUP_PASSWORD}  # what a YAML parser finds
 
 
 def test_an_unchanged_password_keeps_the_apis_user(sandbox: Path) -> None:
     now = healthy_swarm(user="usersapi_b")
-    run = swarm(sandbox, "deploy", rules=deploy_rules(now, now), REGISTRY="registry.lab:5000")
+    run = deploy_from(sandbox, now, now)
     assert run.rc == 0, run.stderr
     assert deployed(run, "API_MONGO_USER") == "usersapi_b"
     assert "usersapi_b (its password is unchanged)" in run.stdout
@@ -819,7 +821,7 @@ def test_a_new_password_moves_the_api_to_the_other_user_then_locks_the_old_one_o
 ) -> None:
     before = healthy_swarm(user="usersapi_a", app_secret=f"{STACK}_mongo_app_password_000000000000")
     after = healthy_swarm(user="usersapi_b")
-    run = swarm(sandbox, "deploy", rules=deploy_rules(before, after), REGISTRY="registry.lab:5000")
+    run = deploy_from(sandbox, before, after)
     assert run.rc == 0, run.stderr
     assert "moves from MongoDB user usersapi_a to usersapi_b" in run.stdout
     secret = run.index(rf"secret create .* {APP_SECRET} -$")
@@ -836,7 +838,7 @@ def test_a_failed_rotation_leaves_the_old_user_its_password(sandbox: Path) -> No
     before = healthy_swarm(user="usersapi_a", app_secret=f"{STACK}_mongo_app_password_000000000000")
     after = healthy_swarm(user="usersapi_b")
     after.api["UpdateStatus"] = {"State": "rollback_completed", "Message": "rolled back"}
-    run = swarm(sandbox, "deploy", rules=deploy_rules(before, after), REGISTRY="registry.lab:5000")
+    run = deploy_from(sandbox, before, after)
     assert run.rc == 1
     assert "ROLLED BACK" in run.stdout
     assert not run.called(r"--lock-out")
@@ -1299,27 +1301,13 @@ def test_a_hanging_service_logs_is_a_fail_line_with_its_cause(sandbox: Path) -> 
     rules = [{"pattern": r"service logs", "sleep": 30}, *endpoint_rules()]
     done = subprocess.run(
         ["bash", "-c", f'source "{SWARM_SH}"; service_log_line api some-id || echo " rc=$?"'],
-        env={
-            **os.environ,
-            "PATH": f"{sandbox / 'bin'}:{os.environ['PATH']}",
-            "CALL_TIMEOUT": "2",
-            "STACK_NAME": STACK,
-            "FAKE_DOCKER_LOG": str(sandbox / "log"),
-            "FAKE_DOCKER_RULES": str(write_rules(sandbox, rules)),
-            "FAKE_DOCKER_MARKERS": str(sandbox / "markers"),
-        },
+        env={**os.environ, **fake_docker_env(sandbox, rules, sandbox / "log"), "CALL_TIMEOUT": "2"},
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     assert done.stdout.strip() == "none: docker service logs gave no answer within 2 s rc=1"
-
-
-def write_rules(sandbox: Path, rules: list[Rule]) -> Path:
-    path = sandbox / "rules.json"
-    path.write_text(json.dumps(rules))
-    return path
 
 
 def test_all_says_when_verify_failed() -> None:
@@ -1565,7 +1553,9 @@ def test_the_race_fails_when_answers_come_before_every_request_is_sent(
     assert "in none of 2 rounds were all 24 complete before the first answer" in line
 
 
-def test_every_request_gets_its_headers_from_one_place(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_request_gets_its_headers_from_one_place(
+    patch_server: PatchServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seen: list[dict[str, str]] = []
     original = api_checks.request_headers
 
@@ -1578,13 +1568,8 @@ def test_every_request_gets_its_headers_from_one_place(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(api_checks, "request_headers", spy)
     monkeypatch.setattr(api_checks, "KEY", ADMIN_KEY)
-    server = PatchServer(("127.0.0.1", 0), PatchHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        monkeypatch.setattr(api_checks, "RACE_ROUNDS", 1)
-        api_checks.race(f"http://127.0.0.1:{server.server_address[1]}")
-    finally:
-        server.shutdown()
+    monkeypatch.setattr(api_checks, "RACE_ROUNDS", 1)
+    api_checks.race(f"http://127.0.0.1:{patch_server.server_address[1]}")
     assert len(seen) == 2 + api_checks.RACERS  # the POST, 24 PATCHes, the DELETE
     assert {h.get("Authorization") for h in seen} == {f"Bearer {ADMIN_KEY}"}
 
@@ -1657,12 +1642,7 @@ def test_deploy_refuses_missing_or_garbled_secrets_before_anything(
         path.unlink()
     else:
         path.write_text(content)
-    run = swarm(
-        sandbox,
-        "deploy",
-        rules=deploy_rules(healthy_swarm(), healthy_swarm()),
-        REGISTRY="registry.lab:5000",
-    )
+    run = steady_deploy(sandbox)
     assert run.rc == 1
     assert message in run.stderr
     assert "k" * 43 not in run.stderr
@@ -1750,6 +1730,28 @@ def test_a_generated_key_and_its_line_follow_the_contract() -> None:
     line, key = done.stdout.splitlines()
     assert re.fullmatch(r"usersapi_[A-Za-z0-9_-]{43}", key)
     assert line == f"ci read sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def test_api_keys_new_names_the_bad_scope_or_name_not_another_word() -> None:
+    def new(name: str, scope: str) -> subprocess.CompletedProcess[str]:
+        script = str(SWARM_SH.parent / "api_keys.py")
+        return subprocess.run(
+            [sys.executable, "-S", script, "new", name, scope],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    # A name holding the word "name" once got a wrong ", not 'rename'" suffix.
+    scope = new("rename", "admin")
+    assert scope.returncode == 1
+    assert (
+        scope.stderr
+        == "api_keys.py new: key rename: the scope must be read or write, not 'admin'\n"
+    )
+    name = new("a b", "read")
+    assert name.returncode == 1
+    assert "not 'a b'" in name.stderr
 
 
 def test_secrets_makes_the_stacks_two_keys_once(sandbox: Path) -> None:
@@ -1958,13 +1960,8 @@ def own_certificate_run(sandbox: Path, crt: Path, key: Path, **env: str) -> Run:
         cert_secret=f"{STACK}_tls_cert_{file_hash(crt)}",
         key_secret=f"{STACK}_tls_key_{file_hash(key)}",
     )
-    return swarm(
-        sandbox,
-        "deploy",
-        rules=deploy_rules(healthy_swarm(), after),
-        REGISTRY="registry.lab:5000",
-        env={"TLS_CERT_FILE": str(crt), "TLS_KEY_FILE": str(key), **env},
-    )
+    files = {"TLS_CERT_FILE": str(crt), "TLS_KEY_FILE": str(key)}
+    return deploy_from(sandbox, healthy_swarm(), after, **{**files, **env})
 
 
 @pytest.mark.parametrize(
