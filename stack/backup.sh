@@ -37,7 +37,7 @@ backup_secret() {  # the secret deploy made with the backup user's --config file
 tools_task() {
   service_json mongo "$2/mongo.json" || die "cannot read the mongo service"
   task_start "$1" tools "$(state_py image --digest "$2/mongo.json")" --network "${STACK_NAME}_back" \
-    --user 999:999 "--secret=source=$(backup_secret),target=backup_config,uid=999,gid=999,mode=0400"
+    --user 999:999 "$(secret_mount "$(backup_secret)" backup_config 999)"
 }
 
 # lock_task VAR WORKDIR: a task of the api's image that holds the backup user's credentials,
@@ -45,7 +45,7 @@ tools_task() {
 lock_task() {
   service_json api "$2/api.json" || die "cannot read the api service"
   task_start "$1" lock "$(state_py image --digest "$2/api.json")" --network "${STACK_NAME}_back" \
-    "--secret=source=$(backup_secret),target=backup_config,uid=10001,gid=10001,mode=0400"
+    "$(secret_mount "$(backup_secret)" backup_config)"
 }
 
 # A backup file lands where git does not see it: BACKUP_DIR gets a .gitignore of its own, and
@@ -211,19 +211,19 @@ drill_round_trip() {
 
   # Its MongoDB user, with a password that exists only as a swarm secret; and its API key,
   # which only its client holds (a secret), its API the key's line.
-  openssl rand -hex 24 | tr -d '\n' | sw secret create --label "usersapi.task=$STACK_NAME" "$secret" - >/dev/null ||
+  openssl rand -hex 24 | tr -d '\n' | sw secret create --label "$TASK_LABEL=$STACK_NAME" "$secret" - >/dev/null ||
     die "could not create the drill's secret"
   defer remove_secret "$secret"
   local key_line
   key_line=$(keys_py new drill write) || die "could not make the drill's API key"
-  sed -n 2p <<<"$key_line" | tr -d '\n' | sw secret create --label "usersapi.task=$STACK_NAME" "$secret-key" - >/dev/null ||
+  sed -n 2p <<<"$key_line" | tr -d '\n' | sw secret create --label "$TASK_LABEL=$STACK_NAME" "$secret-key" - >/dev/null ||
     die "could not create the drill's key secret"
   defer remove_secret "$secret-key"
   key_line=$(sed -n 1p <<<"$key_line")
   local admin_cid
   task_start admin_cid drill-admin "$image" --network "${STACK_NAME}_back" \
     "$(secret_option "$work/mongo.json" mongo_root_password)" \
-    "--secret=source=$secret,target=drill_password,uid=10001,gid=10001,mode=0400"
+    "$(secret_mount "$secret" drill_password)"
   defer task_python 120 "$admin_cid" mongo_tasks.py users --root-user "$MONGO_ROOT_USER" \
     --root-password-file /run/secrets/mongo_root_password --drop "$db" "$user" --drop-database "$db"
   task_python 120 "$admin_cid" mongo_tasks.py users --root-user "$MONGO_ROOT_USER" \
@@ -236,10 +236,10 @@ drill_round_trip() {
     --env "MONGO_OP_TIMEOUT_MS=$op_ms" --env LOG_FORMAT=json)
   api_name=$STACK_NAME-drill-api-$tag
   show_sw service create --name "$api_name" --network "${STACK_NAME}_back" "${env[@]}" --env "API_KEYS=$key_line" "${image%@*}"
-  sw service create --detach --quiet --name "$api_name" --label "usersapi.task=$STACK_NAME" \
+  sw service create --detach --quiet --name "$api_name" --label "$TASK_LABEL=$STACK_NAME" \
     --network "${STACK_NAME}_back" --endpoint-mode dnsrr --restart-condition none --with-registry-auth \
     --read-only --cap-drop ALL "${TASK_LOG_OPTIONS[@]}" \
-    "--secret=source=$secret,target=drill_password,uid=10001,gid=10001,mode=0400" \
+    "$(secret_mount "$secret" drill_password)" \
     "${env[@]}" --env "API_KEYS=$key_line" "$image" >/dev/null || die "could not create the drill's API service"
   defer task_remove "$api_name"
   local base=http://$api_name:$DRILL_PORT
@@ -247,9 +247,9 @@ drill_round_trip() {
   # Its client, with the same settings (for a write straight into MongoDB) and the backup
   # user's credentials (for the restore lock).
   task_start runner_cid drill "$image" --network "${STACK_NAME}_back" "${env[@]}" \
-    "--secret=source=$secret,target=drill_password,uid=10001,gid=10001,mode=0400" \
-    "--secret=source=$secret-key,target=drill_key,uid=10001,gid=10001,mode=0400" \
-    "--secret=source=$(backup_secret),target=backup_config,uid=10001,gid=10001,mode=0400"
+    "$(secret_mount "$secret" drill_password)" \
+    "$(secret_mount "$secret-key" drill_key)" \
+    "$(secret_mount "$(backup_secret)" backup_config)"
   tools_task tools_cid "$work"
   local state=/tmp/drill-state.json client=(api_checks.py --key-file /run/secrets/drill_key)
   task_python 180 "$runner_cid" "${client[@]}" drill-seed "$base" "$state"

@@ -146,10 +146,10 @@ CERT_WARN_DAYS=30
 # check_tls_files: TLS_CERT_FILE and TLS_KEY_FILE, when given, are a certificate and its key
 # that the ingress can serve to PUBLIC_HOST now: refused before anything changes when the key
 # is not the certificate's, the certificate has expired or does not name PUBLIC_HOST; a
-# warning when it expires within CERT_WARN_DAYS days. Checked once a run.
-TLS_CHECKED=""
+# warning when it expires within CERT_WARN_DAYS days. swarm.sh's main calls it once, before
+# the first step of a run that deploys (deploy, all, api-key).
 check_tls_files() {
-  [ -n "$TLS_CERT_FILE" ] && [ -z "$TLS_CHECKED" ] || return 0
+  [ -n "$TLS_CERT_FILE" ] || return 0
   local crt=$TLS_CERT_FILE key=$TLS_KEY_FILE name end match
   for name in "$crt" "$key"; do
     [ -f "$name" ] && [ -r "$name" ] || die "$name: no such readable file (TLS_CERT_FILE, TLS_KEY_FILE): nothing changed"
@@ -174,7 +174,6 @@ check_tls_files() {
     printf 'WARNING: the certificate in TLS_CERT_FILE=%s expires on %s, in less than %d days: renew it soon\n' "$crt" "$end" "$CERT_WARN_DAYS" >&2
   fi
   info "TLS certificate: TLS_CERT_FILE=$crt ($(cert_names "$crt"); until $end), its key in TLS_KEY_FILE, valid for $PUBLIC_HOST"
-  TLS_CHECKED=1
 }
 
 # keep_served_certificate WORKDIR SECRET: a deploy without TLS_CERT_FILE would give the ingress
@@ -182,8 +181,7 @@ check_tls_files() {
 # to an earlier deploy), that would swap it by surprise: refused before anything changes.
 keep_served_certificate() {
   [ -z "$TLS_CERT_FILE" ] || return 0
-  quietly sw service inspect "${STACK_NAME}_ingress" || return 0
-  service_json ingress "$1/ingress.json" || return 0
+  service_json ingress "$1/ingress.json" 2>/dev/null || return 0  # no ingress yet
   local served
   served=$(state_py secret-name "$1/ingress.json" tls.crt 2>/dev/null) || return 0
   [ "$served" != "$2" ] || return 0
@@ -252,9 +250,9 @@ ensure_secret() {
 set_mongo_users() {
   local image=$1 root_secret=$2 app_user=$3 app_secret=$4 backup_secret=$5 old=${6:-} cid
   task_start cid admin "$image" --network "${STACK_NAME}_back" \
-    "--secret=source=$root_secret,target=mongo_root_password,uid=10001,gid=10001,mode=0400" \
-    "--secret=source=$app_secret,target=app_password,uid=10001,gid=10001,mode=0400" \
-    "--secret=source=$backup_secret,target=backup_config,uid=10001,gid=10001,mode=0400"
+    "$(secret_mount "$root_secret" mongo_root_password)" \
+    "$(secret_mount "$app_secret" app_password)" \
+    "$(secret_mount "$backup_secret" backup_config)"
   local args=(users --root-user "$MONGO_ROOT_USER" --root-password-file /run/secrets/mongo_root_password
     --app "$MONGO_DB" "$app_user" /run/secrets/app_password
     --backup "$MONGO_BACKUP_USER" /run/secrets/backup_config)
@@ -280,7 +278,6 @@ cmd_deploy() {
     [[ $(<"$SECRETS_DIR/$name") != *[[:cntrl:]]* ]] || die "$SECRETS_DIR/$name holds control characters: one line, no newline"
   done
   require_key_file
-  check_tls_files
   local image
   image=$(choose_deploy_image)
   local publish="API_IMAGE=$image $0 build push"
@@ -310,8 +307,7 @@ cmd_deploy() {
   keep_served_certificate "$work" "${STACK_NAME}_tls_cert_$cert_h"
 
   local current_user="" current_secret="" user old=""
-  if quietly sw service inspect "${STACK_NAME}_api"; then
-    service_json api "$work/api.json"
+  if service_json api "$work/api.json" 2>/dev/null; then
     current_user=$(state_py env "$work/api.json" MONGO_USER)
     current_secret=$(state_py secret-name "$work/api.json" mongo_app_password || true)
   fi
@@ -331,8 +327,7 @@ cmd_deploy() {
 
   # A database that runs already gets the users before the api moves to one.
   local users_done=""
-  if quietly sw service inspect "${STACK_NAME}_mongo"; then
-    service_json mongo "$work/mongo.json"
+  if service_json mongo "$work/mongo.json" 2>/dev/null; then
     set_mongo_users "$image" "$(state_py secret-name "$work/mongo.json" mongo_root_password)" \
       "$user" "$app_secret" "$backup_secret"
     users_done=1

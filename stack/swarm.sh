@@ -370,8 +370,7 @@ cmd_down() {
     require_swarm
   fi
   local deployed_image=""
-  if [ -n "$swarm_up" ] && quietly sw service inspect "${STACK_NAME}_api"; then
-    deployed_image=$(service_image api || true)
+  if [ -n "$swarm_up" ] && deployed_image=$(service_image api); then
     if [ -z "$SWARM_CONTEXT" ] && [ -z "$purge" ]; then
       info "backing the users up first: the lab's nodes hold the database ('down --purge' skips this)"
       local file

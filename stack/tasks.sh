@@ -90,10 +90,16 @@ task_python() {
   task_exec "$seconds" "$cid" python - "$@" <"$STACK_DIR/$script"
 }
 
+# secret_mount SECRET TARGET [UID]: the --secret option that mounts SECRET as TARGET,
+# readable by UID only (default the api image's 10001).
+secret_mount() {
+  printf -- '--secret=source=%s,target=%s,uid=%s,gid=%s,mode=0400' "$1" "$2" "${3:-10001}" "${3:-10001}"
+}
+
 # secret_option SERVICE_JSON TARGET [UID]: the --secret option that mounts, as TARGET, the
-# secret the service mounts as TARGET (readable by UID, default the api image's 10001).
+# secret the service mounts as TARGET.
 secret_option() {
   local name
   name=$(state_py secret-name "$1" "$2") || die "the service in $1 mounts no secret $2"
-  printf -- '--secret=source=%s,target=%s,uid=%s,gid=%s,mode=0400' "$name" "$2" "${3:-10001}" "${3:-10001}"
+  secret_mount "$name" "$2" "${3:-10001}"
 }

@@ -143,7 +143,9 @@ check_certificate() {
 lockdown_from_inside() {
   local work=$1 service cid image opts=() out
   for service in api ingress; do
-    service_json "$service" "$work/$service.json" || die "cannot read the $service service"
+    # Read already by checks_from_inside, unless it stopped first.
+    [ -s "$work/$service.json" ] || service_json "$service" "$work/$service.json" ||
+      die "cannot read the $service service"
     image=$(state_py image --digest "$work/$service.json")
     mapfile -t opts < <(state_py task-options "$work/$service.json" --lockdown)
     task_start cid "$service-lockdown" "$image" "${opts[@]}"

@@ -120,7 +120,7 @@ step_api() {
   evidence_begin 1-api-curl "the API with curl and a key: one user, a batch, a taken email (409), a search"
   local pid i made line
   # A write key for this server only: its line in the server's environment, the key in a file.
-  made=$(python3 "$STACK_DIR/api_keys.py" new evidence write)
+  made=$(keys_py new evidence write)
   line=$(sed -n 1p <<<"$made")
   (umask 077 && sed -n 2p <<<"$made" >"$WORK/local.key")
   header_file LOCAL_HEADER evidence-local "$WORK/local.key"
