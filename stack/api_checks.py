@@ -139,26 +139,29 @@ def unique_tag(prefix: str) -> str:
 
 
 # --- verify -----------------------------------------------------------------------------------
-def ready(base: str, timeout: float) -> list[str]:
+def poll(base: str, path: str, seconds: float, interval: float) -> tuple[bool, float, str]:
+    """GET PATH every INTERVAL seconds until it answers 200 or SECONDS have passed: whether it
+    did, after how long, and the last answer (a status or an error)."""
     start = time.monotonic()
-    last = "no answer"
     while True:
         try:
-            answer = request(base, "GET", "/ready", timeout=5)
+            answer = request(base, "GET", path, timeout=5)
             last = str(answer.status)
             if answer.status == 200:
-                waited = time.monotonic() - start
-                return [line(f"API ready: GET {base}/ready -> 200 after {waited:.0f} s", ok=True)]
+                return True, time.monotonic() - start, last
         except (OSError, HTTPException) as exc:
             last = f"{type(exc).__name__}: {exc}"
-        if time.monotonic() - start >= timeout:
-            return [
-                line(
-                    f"API not ready at {base} after {timeout:.0f} s (last GET /ready -> {last})",
-                    ok=False,
-                )
-            ]
-        time.sleep(2)
+        if time.monotonic() - start >= seconds:
+            return False, seconds, last
+        time.sleep(interval)
+
+
+def ready(base: str, timeout: float) -> list[str]:
+    ok, waited, last = poll(base, "/ready", timeout, 2)
+    if ok:
+        return [line(f"API ready: GET {base}/ready -> 200 after {waited:.0f} s", ok=True)]
+    detail = f"API not ready at {base} after {timeout:.0f} s (last GET /ready -> {last})"
+    return [line(detail, ok=False)]
 
 
 def redirect(http_base: str, https_port: int) -> list[str]:
@@ -576,16 +579,8 @@ def all_users(base: str) -> list[list[str]]:
 
 
 def wait_for(base: str, path: str, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            if request(base, "GET", path, timeout=5).status == 200:
-                return
-        except (OSError, HTTPException):
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"GET {base}{path} did not answer 200 within {seconds:.0f} s")
-        time.sleep(1)
+    if not poll(base, path, seconds, 1)[0]:
+        raise RuntimeError(f"GET {base}{path} did not answer 200 within {seconds:.0f} s")
 
 
 def drill_seed(base: str, state_file: Path) -> list[str]:

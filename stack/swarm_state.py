@@ -188,6 +188,17 @@ def failure_line(stack: Stack, task: Json) -> str:
 
 
 # --- convergence ------------------------------------------------------------------------------
+def progress(stack: Stack, service: Json) -> tuple[int, int, bool]:
+    """How many of the service's tasks run its current spec, how many replicas it wants, and
+    whether it has settled there: no update in flight and exactly its replicas running, each
+    made from that spec."""
+    tasks = stack.running_tasks(service)
+    running = sum(1 for t in tasks if runs_spec(t, service) and short_state(t) == "running")
+    want = replicas(service)
+    settled = want > 0 and running == want == len(tasks) and update_state(service) not in UPDATING
+    return running, want, settled
+
+
 def convergence(stack: Stack, image: str, expected: list[Expectation], before: set[str]) -> str:
     """One line: converged | pending | failed | rolled-back, then what it is about.
 
@@ -215,14 +226,12 @@ def convergence(stack: Stack, image: str, expected: list[Expectation], before: s
         if missing:
             pending.append(f"{name}: its spec does not hold this deploy's {', '.join(missing)}")
             continue
-        tasks = stack.running_tasks(service)
-        current = [t for t in tasks if runs_spec(t, service) and short_state(t) == "running"]
-        want = replicas(service)
-        summary = f"{name} {len(current)}/{want}"
-        if state in UPDATING or len(current) != want or len(tasks) != want or want == 0:
-            pending.append(f"{summary} ({state})" if state in UPDATING else summary)
-        else:
+        running, want, settled = progress(stack, service)
+        summary = f"{name} {running}/{want}"
+        if settled:
             done.append(summary)
+        else:
+            pending.append(f"{summary} ({state})" if state in UPDATING else summary)
     failures = [
         failure_line(stack, t)
         for t in stack.tasks
@@ -299,12 +308,9 @@ def check_converged(stack: Stack) -> str:
             parts.append(f"{stack.full(short)} missing")
             ok = False
             continue
-        tasks = stack.running_tasks(service)
-        current = [t for t in tasks if runs_spec(t, service) and short_state(t) == "running"]
-        state = update_state(service)
-        want = replicas(service)
-        parts.append(f"{stack.full(short)} {len(current)}/{want}")
-        ok = ok and want > 0 and len(current) == want == len(tasks) and state not in UPDATING
+        running, want, settled = progress(stack, service)
+        parts.append(f"{stack.full(short)} {running}/{want}")
+        ok = ok and settled
     verdict = "services converged" if ok else "services not converged"
     return line(f"{verdict}, every task on its service's current spec: {', '.join(parts)}", ok=ok)
 
@@ -400,9 +406,10 @@ def check_lockdown(stack: Stack, short: str) -> str:
     if service is None:
         return line(f"{stack.full(short)}: no such service", ok=False)
     spec = dig(service, "Spec", "TaskTemplate") or {}
-    read_only, dropped, added, pids, logs = lockdown_of(spec)
+    wanted = lockdown_of(spec)
+    read_only, dropped, added, pids, logs = wanted
     tasks = stack.running_tasks(service)
-    same = bool(tasks) and all(lockdown_of(t.get("Spec") or {}) == lockdown_of(spec) for t in tasks)
+    same = bool(tasks) and all(lockdown_of(t.get("Spec") or {}) == wanted for t in tasks)
     ok = (
         read_only
         and dropped == {"ALL"}
