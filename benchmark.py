@@ -17,11 +17,9 @@ while it waits. The delay lives in this module (latency_app), not in the product
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
-import secrets
 import shlex
 import socket
 import statistics
@@ -45,6 +43,7 @@ from pymongo import MongoClient
 from pymongo.collection import Collection
 
 import usersapi
+import usersapi_keys
 
 HERE = Path(__file__).parent
 REQUESTS = int(os.environ.get("BENCH_REQUESTS", "2000"))
@@ -65,9 +64,9 @@ SEEDED_USERS = 100
 
 # An API key as the project makes them: every request carries it, as clients of an API with
 # access control do (an API without it ignores the header). Made anew for every run.
-API_KEY = "usersapi_" + secrets.token_urlsafe(32)
+API_KEY = usersapi_keys.new_key()
 AUTHORIZATION = {"Authorization": f"Bearer {API_KEY}"}
-API_KEYS = f"bench write sha256:{hashlib.sha256(API_KEY.encode()).hexdigest()}"
+API_KEYS = usersapi_keys.key_line("bench", "write", API_KEY)
 
 
 class CountingCollection:

@@ -8,7 +8,6 @@ chromium). Playwright never downloads a browser of its own here.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
@@ -28,11 +27,13 @@ import pytest
 from browser_check import CHROMIUM, CHROMIUM_ARGS, authorize, origin_of
 from playwright.sync_api import Browser, ConsoleMessage, Locator, Page, Request, sync_playwright
 
+import usersapi_keys
+
 Json = Any
 # The keys the page is given: one that may write, one that may only read.
 WRITE_KEY, READ_KEY = "usersapi_browser-test-write-key", "usersapi_browser-test-read-key"
 KEYS = "\n".join(
-    f"{name} {name} sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+    usersapi_keys.key_line(name, name, key)
     for name, key in (("write", WRITE_KEY), ("read", READ_KEY))
 )
 # Every Content-Security-Policy violation of the page, as the browser reports it.
@@ -140,7 +141,8 @@ class Operation:
 
 
 @pytest.fixture
-def docs(browser: Browser, base_url: str) -> Iterator[Docs]:
+def unauthorized_docs(browser: Browser, base_url: str) -> Iterator[Docs]:
+    """/docs loaded in a new browser context, before anyone pressed Authorize."""
     context = browser.new_context(base_url=base_url)
     page = context.new_page()
     page.add_init_script(RECORD_CSP_VIOLATIONS)
@@ -157,9 +159,15 @@ def docs(browser: Browser, base_url: str) -> Iterator[Docs]:
     page.on("request", on_request)
     page.goto("/docs")
     page.locator(".opblock").first.wait_for()
-    authorize(page, WRITE_KEY)
     yield seen
     context.close()
+
+
+@pytest.fixture
+def docs(unauthorized_docs: Docs) -> Docs:
+    """/docs, authorized with the write key."""
+    authorize(unauthorized_docs.page, WRITE_KEY)
+    return unauthorized_docs
 
 
 def new_user(**fields: str) -> dict[str, str]:
@@ -283,13 +291,9 @@ def test_the_deployed_check_tells_other_origins_apart(url: str, foreign: bool) -
 
 
 def test_authorize_gives_the_page_a_key_and_without_one_it_gets_401(
-    browser: Browser, base_url: str
+    unauthorized_docs: Docs,
 ) -> None:
-    context = browser.new_context(base_url=base_url)
-    page = context.new_page()
-    page.goto("/docs")
-    page.locator(".opblock").first.wait_for()
-    docs = Docs(page)
+    docs, page = unauthorized_docs, unauthorized_docs.page
     search = docs.operation("get_users_search")
     search.fill("q", "anyone")
     status, problem = search.execute()
@@ -306,4 +310,3 @@ def test_authorize_gives_the_page_a_key_and_without_one_it_gets_401(
     status, problem = create.execute()
     assert status == 403
     assert problem["title"] == "Forbidden"
-    context.close()

@@ -52,8 +52,8 @@ ADMIN_KEY = "usersapi_" + "A" * 43
 VERIFY_KEY = "usersapi_" + "V" * 43
 KEY_LINES = (
     "# the stack's keys\n"
-    f"admin write sha256:{hashlib.sha256(ADMIN_KEY.encode()).hexdigest()}\n"
-    f"verify read sha256:{hashlib.sha256(VERIFY_KEY.encode()).hexdigest()}\n"
+    f"{usersapi_keys.key_line('admin', 'write', ADMIN_KEY)}\n"
+    f"{usersapi_keys.key_line('verify', 'read', VERIFY_KEY)}\n"
 )
 # What `docker stack deploy` reads from its environment (the fake logs them).
 STACK_FILE_VARIABLES = {

@@ -2445,8 +2445,10 @@ def wait_until_up(port: int) -> int:
     raise AssertionError("gunicorn did not start")
 
 
-def worker_pids_with_metrics(metrics_dir: Path) -> set[str]:
-    return {path.stem.rsplit("_", 1)[1] for path in metrics_dir.glob("counter_*.db")}
+def worker_pids_with_metrics(metrics_dir: Path, kind: str = "counter") -> set[str]:
+    """The pids of the workers that wrote metrics files of KIND (prometheus_client's
+    KIND_PID.db)."""
+    return {path.stem.rsplit("_", 1)[1] for path in metrics_dir.glob(f"{kind}_*.db")}
 
 
 @pytest.mark.process
@@ -2482,7 +2484,7 @@ def test_metrics_are_summed_over_two_gunicorn_workers(tmp_path: Path) -> None:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             get(port, "/metrics")  # the new worker counts itself when it has made its app
-            live = {path.stem.rsplit("_", 1)[1] for path in metrics_dir.glob("gauge_livesum_*")}
+            live = worker_pids_with_metrics(metrics_dir, "gauge_livesum")
             if killed not in live and len(live) == 2:
                 break
             time.sleep(0.2)
