@@ -33,9 +33,10 @@ backup_secret() {  # the secret deploy made with the backup user's --config file
   printf '%s' "$name"
 }
 
-# tools_task VAR WORKDIR: a task of the mongo service's image, as the image's mongodb user.
+# tools_task VAR WORKDIR: a task of the mongo service's image, as the image's mongodb user (the
+# service's spec read into WORKDIR/mongo.json unless the step read it already).
 tools_task() {
-  service_json mongo "$2/mongo.json" || die "cannot read the mongo service"
+  [ -s "$2/mongo.json" ] || service_json mongo "$2/mongo.json" || die "cannot read the mongo service"
   task_start "$1" tools "$(state_py image --digest "$2/mongo.json")" --network "${STACK_NAME}_back" \
     --user 999:999 "$(secret_mount "$(backup_secret)" backup_config 999)"
 }
